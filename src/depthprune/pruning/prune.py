@@ -1,0 +1,65 @@
+"""One-shot depth pruning from Python: score (or reuse scores), select, remove blocks, save."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from depthprune.errors import DepthpruneError
+from depthprune.importance.base import BlockScores, model_fingerprint, resolve_criterion
+from depthprune.models.specs import num_blocks
+from depthprune.pruning.params import block_params, count_params
+from depthprune.pruning.selection import Selection, Target, select_blocks
+from depthprune.pruning.surgery import remove_blocks
+
+
+@dataclass
+class PruneResult:
+    selection: Selection
+    scores: BlockScores
+    protect: tuple[int, int]
+    info: dict = field(default_factory=dict)
+
+
+def resolve_protection(criterion: str, protect_first: int | None, protect_last: int | None) -> tuple[int, int]:
+    """Explicit --protect-* win; a '+' criterion name implies (4, 2); otherwise nothing is protected."""
+    _, implied = resolve_criterion(criterion)
+    first, last = implied or (0, 0)
+    return (first if protect_first is None else protect_first, last if protect_last is None else protect_last)
+
+
+def check_scores_match(scores: BlockScores, model) -> None:
+    """Refuse scores computed on another model (block count, type, size or parameter count differ)."""
+    mine = model_fingerprint(model)
+    theirs = scores.model or {}
+    keys = ("model_type", "num_blocks", "hidden_size", "vocab_size", "num_params")
+    diff = [k for k in keys if k in theirs and theirs[k] != mine[k]]
+    if diff:
+        detail = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in diff)
+        raise DepthpruneError(f"--scores were computed on another model ({detail}); score this model again")
+
+
+def prune_blocks(model, scores: BlockScores, target: Target, protect: tuple[int, int] = (0, 0)) -> PruneResult:
+    """Select blocks from ``scores`` and remove them from ``model`` in place."""
+    check_scores_match(scores, model)
+    sel = select_blocks(scores, block_params(model), count_params(model), target, *protect)
+    n_before = num_blocks(model)
+    remove_blocks(model, sel.removed)
+    sel.params_after = count_params(model)
+    info = {
+        "method": "depth",
+        "unit": "block",
+        "criterion": scores.criterion,
+        "target": {k: v for k, v in vars(target).items() if v is not None},
+        "protect_first": protect[0],
+        "protect_last": protect[1],
+        "protected_blocks": sel.protected,
+        "removed_blocks": sel.removed,
+        "kept_blocks": [i for i in range(n_before) if i not in sel.removed],
+        "num_blocks_before": n_before,
+        "num_blocks_after": num_blocks(model),
+        "params_before": sel.params_before,
+        "params_after": sel.params_after,
+        "ratio_removed": sel.ratio,
+        "scores": scores.to_json(),
+    }
+    return PruneResult(sel, scores, protect, info)

@@ -1,0 +1,56 @@
+"""Saving pruned models atomically: a temporary directory beside the target, renamed when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from depthprune.errors import DepthpruneError
+
+PRUNING_FILE = "pruning.json"
+
+
+def check_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an existing non-empty ``output`` unless ``overwrite``."""
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DepthpruneError(f"--output {out} exists and is not empty; pass --overwrite or choose another path")
+    return out
+
+
+def library_versions() -> dict:
+    import torch
+    import transformers
+
+    import depthprune
+
+    return {"depthprune": depthprune.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def save_checkpoint(model, tokenizer, output: str | os.PathLike, extra: dict | None = None,
+                    overwrite: bool = False, extra_name: str = PRUNING_FILE) -> Path:
+    """``save_pretrained`` model and tokenizer (+ ``extra`` as JSON) into ``output``, all or nothing."""
+    out = check_output_dir(output, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            (tmp / extra_name).write_text(json.dumps(extra, indent=2) + "\n")
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

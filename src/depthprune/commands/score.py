@@ -32,8 +32,7 @@ def compute_scores(args, lm):
         calib = build_calibration(lm.tokenizer, spec, model=lm.model)
         print(f"Calibration: {calib.spec.source}, {calib.spec.samples} x {calib.spec.seq_len} tokens, "
               f"seed {calib.spec.seed}", flush=True)
-    options = {} if args.criterion.startswith("magnitude") else {"batch_size": args.score_batch_size}
-    scores = score_model(lm.model, args.criterion, calib, **options)
+    scores = score_model(lm.model, args.criterion, calib, batch_size=args.score_batch_size)
     print(f"Scored {len(scores.scores)} blocks with {args.criterion} in {scores.wall_s:.1f}s", flush=True)
     return scores
 

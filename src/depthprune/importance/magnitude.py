@@ -11,5 +11,6 @@ from depthprune.importance.weights import candidate_weights
 @register("magnitude", units=("block", "module"), needs_calibration=False,
           description="sum of |W| over the linear weights (Shortened LLaMA)")
 @torch.no_grad()
-def magnitude_scores(model, input_ids=None, unit: str = "block") -> list[float]:
+def magnitude_scores(model, input_ids=None, unit: str = "block", batch_size: int = 16) -> list[float]:
+    """Data-free; ``batch_size`` is accepted for a uniform interface."""
     return [sum(float(w.detach().abs().float().sum()) for w in ws) for ws in candidate_weights(model, unit)]

@@ -1,0 +1,81 @@
+"""Shared helpers for the bench/ scripts: the embedded model, paper windows, and a resumable PPL cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from depthprune.evaluation.perplexity import perplexity_of_windows, windows_for
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+WINDOWS = 200
+SEQ_LEN = 128
+
+
+def paper_windows(tokenizer, limit: int = WINDOWS) -> dict[str, torch.Tensor]:
+    """The first ``limit`` windows of WikiText-2 and PTB used by every results table."""
+    return {d: windows_for(tokenizer, d, SEQ_LEN, limit) for d in ("wikitext2", "ptb")}
+
+
+class PPLCache:
+    """Perplexities keyed by a model variant name, stored in a JSON file so long runs can resume."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str, model, windows: dict[str, torch.Tensor], batch_size: int = 16) -> dict:
+        if key not in self.data:
+            out = {}
+            for name, w in windows.items():
+                t0 = time.perf_counter()
+                total, count = perplexity_of_windows(model, w, batch_size, progress=False)
+                out[name] = float(torch.tensor(total / count).exp())
+                out[f"{name}_s"] = time.perf_counter() - t0
+            self.data[key] = out
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=2))
+            os.replace(tmp, self.path)
+            print(f"  {key}: " + ", ".join(f"{k}={v:.2f}" for k, v in out.items()), flush=True)
+        return self.data[key]
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self):
+        self.peak = psutil.Process().memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        proc = psutil.Process()
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, psutil.Process().memory_info().rss)
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def weight_bytes(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total

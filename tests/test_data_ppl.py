@@ -1,0 +1,95 @@
+"""Data sources, windows, calibration, and the chunked perplexity evaluator."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from depthprune.data import CalibrationSpec, build_calibration, eval_windows, load_text, with_bos
+from depthprune.errors import DepthpruneError
+from depthprune.evaluation import evaluate_perplexity
+from depthprune.evaluation.perplexity import perplexity_of_windows
+from tiny import tiny_model, tiny_tokenizer
+
+
+def test_named_sources_follow_paper_conventions():
+    wiki = load_text("wikitext2")
+    assert wiki.startswith(" \n\n = Robert Boulter = \n") or wiki.startswith("\n\n = Robert Boulter = \n")
+    assert "\n\n\n\n" in wiki  # blank rows joined with "\n\n"
+    ptb = load_text("ptb")
+    assert "\n" not in ptb and ptb.startswith("no it was n't black monday")
+
+
+def test_data_dir_env_and_missing_data(monkeypatch, tmp_path):
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "war_and_peace.txt").write_text("custom calibration text")
+    monkeypatch.setenv("DEPTHPRUNE_DATA", str(tmp_path))
+    assert load_text("war_and_peace") == "custom calibration text"
+
+
+def test_unknown_dataset_and_jsonl_without_field(tmp_path):
+    with pytest.raises(DepthpruneError, match="unknown dataset 'nope'"):
+        load_text("nope")
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"content": "x"}) + "\n")
+    with pytest.raises(DepthpruneError, match="no 'text' field.*--text-field"):
+        load_text(str(f))
+    assert load_text(str(f), text_field="content") == "x"
+
+
+def test_windows_and_bad_numbers():
+    ids = torch.arange(10)
+    assert eval_windows(ids, 3).tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert eval_windows(ids, 3, limit=2).shape == (2, 3)
+    assert with_bos(eval_windows(ids, 3, 1), 99).tolist() == [[99, 0, 1, 2]]
+    with pytest.raises(DepthpruneError, match="--seq-len"):
+        eval_windows(ids, 0)
+    with pytest.raises(DepthpruneError, match="--limit"):
+        eval_windows(ids, 3, limit=-1)
+
+
+def test_calibration_is_seeded_and_has_bos():
+    tok = tiny_tokenizer()
+    a = build_calibration(tok, CalibrationSpec("wikitext2", samples=4, seq_len=16, seed=3))
+    b = build_calibration(tok, CalibrationSpec("wikitext2", samples=4, seq_len=16, seed=3))
+    c = build_calibration(tok, CalibrationSpec("wikitext2", samples=4, seq_len=16, seed=4))
+    assert a.input_ids.shape == (4, 17) and (a.input_ids[:, 0] == tok.bos_token_id).all()
+    assert torch.equal(a.input_ids, b.input_ids) and not torch.equal(a.input_ids, c.input_ids)
+
+
+def test_self_calibration():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    cal = build_calibration(tok, CalibrationSpec("self", samples=3, seq_len=8, seed=0), model=model)
+    again = build_calibration(tok, CalibrationSpec("self", samples=3, seq_len=8, seed=0), model=model)
+    assert cal.input_ids.shape == (3, 9) and torch.equal(cal.input_ids, again.input_ids)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2", "opt"])
+def test_ppl_matches_plain_loss(model_type):
+    """Chunked evaluator vs model(x, labels=x) per window (gemma2 exercises logit softcapping)."""
+    model, tok = tiny_model(model_type), tiny_tokenizer()
+    res = evaluate_perplexity(model, tok, "wikitext2", seq_len=32, limit=6, batch_size=4, progress=False)
+    windows = with_bos(eval_windows(torch.tensor(tok(load_text("wikitext2")[:20000],
+                                                     add_special_tokens=False).input_ids), 32, 6), 1)
+    with torch.no_grad():
+        losses = [float(model(w[None], labels=w[None]).loss) for w in windows]
+    ref = math.exp(sum(losses) / len(losses))
+    assert res.tokens == 6 * 32 and res.windows == 6
+    assert abs(res.ppl - ref) / ref < 1e-4
+
+
+def test_batch_size_does_not_change_ppl():
+    model = tiny_model("qwen3")
+    windows = torch.randint(4, 300, (7, 20))
+    a = perplexity_of_windows(model, windows, batch_size=1, progress=False)
+    b = perplexity_of_windows(model, windows, batch_size=16, progress=False)
+    assert a[1] == b[1] and abs(a[0] - b[0]) / a[0] < 1e-5
+
+
+@pytest.mark.real_model
+def test_embedded_model_wikitext2_ppl(embedded):
+    res = evaluate_perplexity(embedded.model, embedded.tokenizer, "wikitext2", limit=20, batch_size=10,
+                              progress=False)
+    assert math.isfinite(res.ppl) and res.ppl < 200
+    assert res.windows == 20 and res.bos

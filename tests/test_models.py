@@ -1,0 +1,67 @@
+"""Loading through the user path, architecture specs, and bad model sources."""
+
+import pytest
+import torch
+
+from depthprune.errors import DepthpruneError
+from depthprune.models import get_blocks, get_spec, load_model, spec_for
+from depthprune.models.specs import SPECS
+from tiny import MODEL_TYPES, tiny_config
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_load_dir_forward_and_spec(tiny_dirs, model_type):
+    lm = load_model(str(tiny_dirs[model_type]), dtype="float32", device="cpu")
+    assert lm.model.config.model_type == model_type
+    out = lm.model(torch.tensor([[1, 5, 6, 7]]))
+    assert torch.isfinite(out.logits).all()
+    spec = spec_for(lm.model)
+    blocks = get_blocks(lm.model)
+    assert len(blocks) == lm.model.config.num_hidden_layers == 6
+    for block in blocks:
+        for path in spec.attention + spec.mlp + spec.attn_norms + spec.mlp_norms + spec.projections:
+            assert block.get_submodule(path) is not None
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_spec_lists_every_per_layer_config_list(model_type):
+    """Any config list with one entry per block must be named in the spec (or surgery would miss it)."""
+    cfg = tiny_config(model_type, layers=7).to_dict()
+    per_layer = {k for k, v in cfg.items() if isinstance(v, list) and len(v) == 7}
+    assert per_layer <= set(SPECS[model_type].per_layer_keys)
+
+
+def test_unsupported_model_type_lists_supported():
+    with pytest.raises(DepthpruneError, match="Supported: .*llama.*add an ArchSpec"):
+        get_spec("mamba")
+
+
+@pytest.mark.parametrize(
+    "src, message",
+    [
+        ("/nonexistent/model", "no such file or directory"),
+        ("./missing.gguf", "no such .gguf file"),
+    ],
+)
+def test_bad_model_sources(src, message):
+    with pytest.raises(DepthpruneError, match=message):
+        load_model(src, device="cpu")
+
+
+def test_dir_without_config(tmp_path):
+    with pytest.raises(DepthpruneError, match="no config.json"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_unsupported_model_type_dir(tmp_path):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
+    with pytest.raises(DepthpruneError, match="unsupported model_type 'gpt2'"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_offline_hub_id_names_the_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DepthpruneError, match="someorg/some-model.*local"):
+        load_model("someorg/some-model", device="cpu")

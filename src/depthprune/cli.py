@@ -11,7 +11,7 @@ from depthprune.errors import DepthpruneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from depthprune.commands import ppl, prune, score
+    from depthprune.commands import bench, ppl, prune, score
 
     parser = argparse.ArgumentParser(prog="depthprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.register(ev)
     score.register(sub)
     prune.register(sub)
+    bench.register(sub)
     return parser
 
 

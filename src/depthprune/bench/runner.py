@@ -1,0 +1,178 @@
+"""Benchmark a list of models over (batch size, output length) settings; the first model is the baseline."""
+
+from __future__ import annotations
+
+import gc
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from depthprune.bench.ideal import attention_flops_per_token, cost_model
+from depthprune.bench.measure import free_memory, is_oom, make_prompt, measure_setting, model_devices
+from depthprune.bench.report import add_comparisons
+from depthprune.bench.sources import check_source, load_bench_model, source_label
+from depthprune.errors import DepthpruneError
+from depthprune.models.specs import num_blocks
+
+ATTENTION_NOTE = ("flops_per_token counts 2 x multiply-adds of the linear layers (kept blocks, LM head, linear "
+                  "layers outside the blocks); attention-score FLOPs are excluded from it and given per setting "
+                  "at the mean context (input_tokens + (L + 1) / 2) as attention_flops_per_token_mean_context")
+BYTES_NOTE = ("bytes_per_token counts weights read per generated token: kept blocks, one input-embedding row "
+              "(+ one learned-position row), final norm, the whole LM head (the whole embedding matrix when "
+              "tied); KV-cache reads are not counted")
+
+
+@dataclass
+class BenchOptions:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
+    output_lengths: list[int] = field(default_factory=lambda: [128, 512])
+    input_tokens: int = 12
+    warmup: int = 10
+    runs: int = 20
+    dtype: str = "auto"
+    device: str = "auto"
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        for name, values in (("--batch-sizes", self.batch_sizes), ("--output-lengths", self.output_lengths)):
+            if not values:
+                raise DepthpruneError(f"{name} is empty; give positive integers separated by commas, e.g. 1,4,16")
+            bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+            if bad:
+                raise DepthpruneError(f"{name} must be positive integers, got {bad[0]!r}; e.g. 1,4,16")
+        for name, value, low in (("--input-tokens", self.input_tokens, 1), ("--runs", self.runs, 1),
+                                 ("--warmup", self.warmup, 0)):
+            if not isinstance(value, int) or value < low:
+                raise DepthpruneError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def parse_int_list(name: str, text: str) -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]`` (sorted, unique); anything but positive integers is a DepthpruneError."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise DepthpruneError(f"{name} is empty; give positive integers separated by commas, e.g. 1,4,16")
+    values = []
+    for part in parts:
+        if not re.fullmatch(r"[+-]?\d+", part):
+            raise DepthpruneError(f"{name}: {part!r} is not an integer; give positive integers like 1,4,16")
+        value = int(part)
+        if value < 1:
+            raise DepthpruneError(f"{name} must be positive integers, got {value}; e.g. 1,4,16")
+        values.append(value)
+    return sorted(set(values))
+
+
+def environment() -> dict:
+    from depthprune.pruning.save import library_versions
+
+    env = library_versions() | {"python": platform.python_version(), "platform": platform.platform(),
+                                "cpu": platform.processor() or platform.machine(),
+                                "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        env["cuda_version"] = torch.version.cuda
+    return env
+
+
+def _unique_labels(sources: list[str]) -> list[str]:
+    labels, seen = [], {}
+    for src in sources:
+        label = source_label(src)
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return labels
+
+
+def _prompt_for(lm, n: int) -> torch.Tensor:
+    cfg = lm.model.config
+    return make_prompt(lm.tokenizer, n, cfg.vocab_size, getattr(cfg, "bos_token_id", None))
+
+
+def _pad_id(lm) -> int | None:
+    tok = lm.tokenizer
+    if tok is not None and tok.pad_token_id is not None:
+        return tok.pad_token_id
+    return getattr(lm.model.config, "pad_token_id", None)
+
+
+def run_benchmark(sources: list[str], opts: BenchOptions, on_model_done: Callable[[dict], None] | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """Load each model in turn, measure every (M, L) setting, and return the results dict (see docs)."""
+    if not sources:
+        raise DepthpruneError("give at least one --model")
+    opts.validate()
+    for src in sources:
+        check_source(src)
+    result = {
+        "protocol": asdict(opts) | {"generation": "greedy, min_new_tokens = max_new_tokens = L (EOS cannot stop)",
+                                    "throughput": "M x L / mean latency", "latency": "includes the prompt prefill",
+                                    "std": "sample standard deviation over the timed runs",
+                                    "bytes_note": BYTES_NOTE, "flops_note": ATTENTION_NOTE},
+        "environment": environment(),
+        "baseline": None,
+        "models": [],
+        "settings": [],
+        "complete": False,
+    }
+    for src, label in zip(sources, _unique_labels(sources)):
+        result["baseline"] = result["baseline"] or label
+        _bench_one(src, label, opts, result, log)
+        add_comparisons(result)
+        if on_model_done is not None:
+            on_model_done(result)
+    result["complete"] = True
+    return result
+
+
+def _bench_one(src: str, label: str, opts: BenchOptions, result: dict, log: Callable[[str], None]) -> None:
+    log(f"Loading {src} ...")
+    try:
+        lm = load_bench_model(src, opts.dtype, opts.device, opts.cache_dir)
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        error = f"{type(exc).__name__} while loading"
+        lm = None
+    if lm is None:
+        free_memory()
+        log(f"  {label}: out of memory while loading; every setting is OOM")
+        result["models"].append({"label": label, "source": src, "status": "OOM", "error": error})
+        result["settings"] += [{"model": label, "batch_size": m, "output_length": n, "status": "OOM", "error": error}
+                               for n in opts.output_lengths for m in opts.batch_sizes]
+        return
+    model = lm.model
+    cost = cost_model(model)
+    devices = model_devices(model)
+    result["models"].append({
+        "label": label, "source": src, "status": "ok", "random_weights": lm.tokenizer is None,
+        "num_params": cost.num_params, "num_blocks": num_blocks(model), "dtype": str(next(model.parameters()).dtype),
+        "devices": [str(d) for d in devices], "cost": cost.to_json(),
+    })
+    prompt = _prompt_for(lm, opts.input_tokens)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and opts.input_tokens + max(opts.output_lengths) > max_pos:
+        log(f"  warning: {opts.input_tokens} + {max(opts.output_lengths)} tokens exceed "
+            f"max_position_embeddings={max_pos} of {label}")
+    for length in opts.output_lengths:
+        attn = attention_flops_per_token(model, opts.input_tokens + (length + 1) / 2)
+        for batch in opts.batch_sizes:
+            rec = measure_setting(model, prompt, batch, length, opts.warmup, opts.runs, _pad_id(lm))
+            rec = {"model": label} | rec | {"attention_flops_per_token_mean_context": attn}
+            result["settings"].append(rec)
+            log(_progress_line(rec))
+    del model, lm
+    gc.collect()
+    free_memory(devices)
+
+
+def _progress_line(rec: dict) -> str:
+    head = f"  {rec['model']} M={rec['batch_size']} L={rec['output_length']}:"
+    if rec["status"] != "ok":
+        return f"{head} OOM ({rec.get('error', '')})"
+    mem = rec.get("peak_memory_bytes")
+    mem_s = f", peak {mem / 2**30:.2f} GiB" if mem else ""
+    return (f"{head} {rec['latency_mean_s']:.3f} s ± {rec['latency_std_s']:.3f}, "
+            f"{rec['throughput_tok_s']:.1f} tok/s{mem_s}")

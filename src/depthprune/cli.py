@@ -11,13 +11,14 @@ from depthprune.errors import DepthpruneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from depthprune.commands import bench, ppl, prune, score
+    from depthprune.commands import bench, ppl, prune, score, zeroshot
 
     parser = argparse.ArgumentParser(prog="depthprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="eval_command", required=True)
     ppl.register(ev)
+    zeroshot.register(ev)
     score.register(sub)
     prune.register(sub)
     bench.register(sub)

@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_model, tiny_tokenizer
 
 from depthprune.data import CalibrationSpec, build_calibration, eval_windows, load_text, with_bos
 from depthprune.errors import DepthpruneError
 from depthprune.evaluation import evaluate_perplexity
 from depthprune.evaluation.perplexity import perplexity_of_windows
-from tiny import tiny_model, tiny_tokenizer
 
 
 def test_named_sources_follow_paper_conventions():

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tiny import MODEL_TYPES, tiny_config
 
 from depthprune.errors import DepthpruneError
 from depthprune.models import get_blocks, get_spec, load_model, spec_for
 from depthprune.models.specs import SPECS
-from tiny import MODEL_TYPES, tiny_config
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

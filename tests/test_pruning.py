@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from tiny import MODEL_TYPES, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from depthprune.data import CalibrationSpec, build_calibration
@@ -12,7 +13,6 @@ from depthprune.importance import CRITERIA, score_model
 from depthprune.importance.base import BlockScores
 from depthprune.models import get_blocks
 from depthprune.pruning import Target, count_params, prune_blocks, save_checkpoint, select_blocks
-from tiny import MODEL_TYPES, tiny_model, tiny_tokenizer
 
 ALL_CRITERIA = ["magnitude", "magnitude+", "taylor", "taylor+", "ppl", "block_influence", "angular"]
 
@@ -66,7 +66,6 @@ def test_same_seed_same_scores_and_selection():
     b = score_model(tiny_model("qwen3"), "ppl", calib(seed=1))
     c = score_model(tiny_model("qwen3"), "ppl", calib(seed=2))
     assert a.scores == b.scores and a.scores != c.scores
-    model = tiny_model("qwen3")
     sel = lambda s: select_blocks(s, [1] * 6, 10, Target(num_blocks=2)).removed  # noqa: E731
     assert sel(a) == sel(b)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ SAMPLE_TEXT = (
 ) * 20
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_tokenizer(bos: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -59,7 +59,7 @@ def tiny_model(model_type: str, layers: int = 6, seed: int = 0, **overrides):
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, layers, **overrides), dtype=torch.float32)
     # random init leaves norms at 1 and tiny weights: scale up so blocks differ measurably
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.08)
     return model.eval()

@@ -18,22 +18,34 @@ def add_scoring_args(p) -> None:
     p.add_argument("--text-field", default="text", help="text field of .jsonl/.json calibration records")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--score-batch-size", type=int, default=16, help="calibration samples per forward pass")
+    p.add_argument("--unit", choices=["block", "module"], default="block",
+                   help="candidates: whole blocks, or each block's attention and MLP separately")
+
+
+def build_calibration_from_args(args, lm):
+    """The calibration set the arguments ask for; prints where it came from."""
+    from depthprune.data import CalibrationSpec, build_calibration
+
+    spec = CalibrationSpec(args.calib, args.calib_samples, args.calib_seq_len, args.seed, args.text_field)
+    calib = build_calibration(lm.tokenizer, spec, model=lm.model)
+    print(f"Calibration: {calib.spec.source}, {calib.spec.samples} x {calib.spec.seq_len} tokens, "
+          f"seed {calib.spec.seed}", flush=True)
+    return calib
 
 
 def compute_scores(args, lm):
     """Calibration + scoring from parsed arguments; prints where the calibration came from."""
-    from depthprune.data import CalibrationSpec, build_calibration
     from depthprune.importance import resolve_criterion, score_model
 
     crit, _ = resolve_criterion(args.criterion)
-    calib = None
-    if crit.needs_calibration:
-        spec = CalibrationSpec(args.calib, args.calib_samples, args.calib_seq_len, args.seed, args.text_field)
-        calib = build_calibration(lm.tokenizer, spec, model=lm.model)
-        print(f"Calibration: {calib.spec.source}, {calib.spec.samples} x {calib.spec.seq_len} tokens, "
-              f"seed {calib.spec.seed}", flush=True)
-    scores = score_model(lm.model, args.criterion, calib, batch_size=args.score_batch_size)
-    print(f"Scored {len(scores.scores)} blocks with {args.criterion} in {scores.wall_s:.1f}s", flush=True)
+    if args.unit not in crit.units:
+        from depthprune.errors import DepthpruneError
+
+        raise DepthpruneError(f"criterion '{args.criterion}' cannot score --unit {args.unit} "
+                              f"(it scores: {', '.join(crit.units)})")
+    calib = build_calibration_from_args(args, lm) if crit.needs_calibration else None
+    scores = score_model(lm.model, args.criterion, calib, unit=args.unit, batch_size=args.score_batch_size)
+    print(f"Scored {len(scores.scores)} {args.unit}s with {args.criterion} in {scores.wall_s:.1f}s", flush=True)
     return scores
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from depthprune.importance.base import register
-from depthprune.importance.runner import trace_blocks
+from depthprune.importance.runner import run_block, trace_blocks
 from depthprune.models.loading import input_device
 from depthprune.models.specs import num_blocks
 
@@ -18,19 +18,32 @@ def _batches(input_ids: torch.Tensor, batch_size: int):
         yield input_ids[start : start + batch_size]
 
 
-@register("block_influence", units=("block",),
-          description="1 - cos(input, output) of the block, mean over tokens (ShortGPT)")
+def _influence(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Sum over tokens of 1 - cos(x, y)."""
+    return float((1 - F.cosine_similarity(x.float(), y.float().to(x.device), dim=-1)).sum())
+
+
+@register("block_influence", units=("block", "module"),
+          description="1 - cos(input, output) of the block (or of a module's residual branch), mean over tokens "
+                      "(ShortGPT)")
 @torch.no_grad()
 def block_influence_scores(model, input_ids: torch.Tensor, unit: str = "block", batch_size: int = 16):
+    from depthprune.pruning.module_surgery import module_skipped
+
     n = num_blocks(model)
-    sums = torch.zeros(n, dtype=torch.float64)
+    per_block = 1 if unit == "block" else 2
+    sums = torch.zeros(n * per_block, dtype=torch.float64)
     tokens = 0
     for batch in _batches(input_ids, batch_size):
         trace = trace_blocks(model, batch.to(input_device(model)))
         for i in range(n):
-            cos = F.cosine_similarity(trace.state(i).float(), trace.state(i + 1).float().to(trace.state(i).device),
-                                      dim=-1)
-            sums[i] += float((1 - cos).sum())
+            if unit == "block":
+                sums[i] += _influence(trace.state(i), trace.state(i + 1))
+                continue
+            with module_skipped(model, i, "mlp"):  # output of the attention branch alone
+                mid = run_block(model, trace, i, trace.state(i))
+            sums[2 * i] += _influence(trace.state(i), mid)
+            sums[2 * i + 1] += _influence(mid, trace.state(i + 1))
         tokens += batch.numel()
     return (sums / tokens).tolist()
 

@@ -12,6 +12,8 @@ before |.| is taken: all samples of a batch go through one backward pass. With m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from depthprune.evaluation.loss import chunked_nll, final_hidden, shifted_labels
@@ -20,25 +22,26 @@ from depthprune.importance.weights import candidate_weights
 from depthprune.models.loading import input_device
 
 
-@register("taylor", units=("block", "module"),
-          description="sum of |dL/dW * W| over the linear weights (Shortened LLaMA)")
-def taylor_scores(model, input_ids: torch.Tensor, unit: str = "block", batch_size: int = 16) -> list[float]:
-    groups = candidate_weights(model, unit)
-    owner = {id(w): i for i, ws in enumerate(groups) for w in ws}
-    scores = torch.zeros(len(groups), dtype=torch.float64)
+def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int,
+                         fold: Callable[[torch.nn.Parameter, torch.Tensor], None]) -> None:
+    """Back-propagate the calibration loss and call ``fold(param, |grad * W|)`` as each gradient completes.
+
+    Only ``params`` get gradients, and each one is freed right after ``fold``; requires_grad is restored.
+    """
+    wanted = {id(p) for p in params}
     saved = {id(p): p.requires_grad for p in model.parameters()}
     handles = []
 
     def on_grad(param: torch.Tensor) -> None:
-        scores[owner[id(param)]] += float((param.grad.float() * param.detach().float()).abs().sum())
+        with torch.no_grad():
+            fold(param, (param.grad.float() * param.detach().float()).abs())
         param.grad = None
 
     try:
         for p in model.parameters():
-            p.requires_grad_(id(p) in owner)
-        for ws in groups:
-            for w in ws:
-                handles.append(w.register_post_accumulate_grad_hook(on_grad))
+            p.requires_grad_(id(p) in wanted)
+        for p in params:
+            handles.append(p.register_post_accumulate_grad_hook(on_grad))
         device = input_device(model)
         for start in range(0, input_ids.shape[0], batch_size):
             batch = input_ids[start : start + batch_size].to(device)
@@ -51,4 +54,17 @@ def taylor_scores(model, input_ids: torch.Tensor, unit: str = "block", batch_siz
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
             p.grad = None
+
+
+@register("taylor", units=("block", "module"),
+          description="sum of |dL/dW * W| over the linear weights (Shortened LLaMA)")
+def taylor_scores(model, input_ids: torch.Tensor, unit: str = "block", batch_size: int = 16) -> list[float]:
+    groups = candidate_weights(model, unit)
+    owner = {id(w): i for i, ws in enumerate(groups) for w in ws}
+    scores = torch.zeros(len(groups), dtype=torch.float64)
+
+    def fold(param, product):
+        scores[owner[id(param)]] += float(product.sum())
+
+    stream_grad_products(model, [w for ws in groups for w in ws], input_ids, batch_size, fold)
     return scores.tolist()

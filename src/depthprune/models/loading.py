@@ -120,10 +120,31 @@ def load_model(
 def _load_dir(path: Path, kwargs: dict, source: str) -> LoadedModel:
     config = AutoConfig.from_pretrained(path)
     _check_supported(config)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if getattr(config, "depthprune_removed_modules", None):
+        model = load_module_pruned(path, config, kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return LoadedModel(model, tokenizer, source)
+
+
+def load_module_pruned(path: Path, config, kwargs: dict) -> PreTrainedModel:
+    """Rebuild a module-pruned checkpoint: the stock class with the listed attention/MLP modules skipped."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from depthprune.pruning.modules import make_pruned_class
+
+    removed = config.depthprune_removed_modules
+    n = getattr(config, get_spec(config.model_type).num_layers_key)
+    bad = [f"{part} {i}" for part, idxs in removed.items() for i in idxs if not 0 <= int(i) < n]
+    if bad or set(removed) - {"attn", "mlp"}:
+        raise DepthpruneError(
+            f"--model {path}: config.json lists removed modules out of range ({', '.join(bad) or removed}) "
+            f"for a model with {n} blocks; the checkpoint is inconsistent, prune again"
+        )
+    cls = make_pruned_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
+    return cls.from_pretrained(path, config=config, **kwargs)
 
 
 def load_gguf(path: Path, kwargs: dict, source: str) -> LoadedModel:

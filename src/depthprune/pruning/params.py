@@ -19,3 +19,17 @@ def count_params(module: nn.Module) -> int:
 
 def block_params(model) -> list[int]:
     return [count_params(b) for b in get_blocks(model)]
+
+
+def candidate_params(model, unit: str = "block") -> list[int]:
+    """Parameters each candidate removes: whole blocks, or a block's attention/MLP with the norms only it uses."""
+    if unit == "block":
+        return block_params(model)
+    from depthprune.models.specs import spec_for
+
+    spec = spec_for(model)
+    out = []
+    for block in get_blocks(model):
+        for paths in (spec.attention + spec.attn_norms, spec.mlp + spec.mlp_norms):
+            out.append(sum(count_params(block.get_submodule(p)) for p in paths))
+    return out

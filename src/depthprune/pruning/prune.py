@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from depthprune.errors import DepthpruneError
 from depthprune.importance.base import BlockScores, model_fingerprint, resolve_criterion
 from depthprune.models.specs import num_blocks
-from depthprune.pruning.params import block_params, count_params
+from depthprune.pruning.module_surgery import remove_modules
+from depthprune.pruning.params import candidate_params, count_params
 from depthprune.pruning.selection import Selection, Target, select_blocks
 from depthprune.pruning.surgery import remove_blocks
 
@@ -39,22 +40,30 @@ def check_scores_match(scores: BlockScores, model) -> None:
 
 
 def prune_blocks(model, scores: BlockScores, target: Target, protect: tuple[int, int] = (0, 0)) -> PruneResult:
-    """Select blocks from ``scores`` and remove them from ``model`` in place."""
+    """Select candidates (blocks or modules) from ``scores`` and remove them from ``model`` in place."""
     check_scores_match(scores, model)
-    sel = select_blocks(scores, block_params(model), count_params(model), target, *protect)
+    sel = select_blocks(scores, candidate_params(model, scores.unit), count_params(model), target, *protect)
     n_before = num_blocks(model)
-    remove_blocks(model, sel.removed)
+    if scores.unit == "block":
+        remove_blocks(model, sel.removed)
+        removed = {"removed_blocks": sel.removed, "removed_attn": [], "removed_mlp": []}
+    else:
+        labels = [scores.candidates[i] for i in sel.removed]
+        removed = remove_modules(model, labels)
+        sel.removed = labels
     sel.params_after = count_params(model)
     info = {
         "method": "depth",
-        "unit": "block",
+        "unit": scores.unit,
+        "schedule": "one-shot",
         "criterion": scores.criterion,
         "target": {k: v for k, v in vars(target).items() if v is not None},
         "protect_first": protect[0],
         "protect_last": protect[1],
         "protected_blocks": sel.protected,
-        "removed_blocks": sel.removed,
-        "kept_blocks": [i for i in range(n_before) if i not in sel.removed],
+        **removed,
+        "removed_candidates": sel.removed,
+        "kept_blocks": [i for i in range(n_before) if i not in removed["removed_blocks"]],
         "num_blocks_before": n_before,
         "num_blocks_after": num_blocks(model),
         "params_before": sel.params_before,

@@ -32,8 +32,9 @@ def library_versions() -> dict:
 
 
 def save_checkpoint(model, tokenizer, output: str | os.PathLike, extra: dict | None = None,
-                    overwrite: bool = False, extra_name: str = PRUNING_FILE) -> Path:
-    """``save_pretrained`` model and tokenizer (+ ``extra`` as JSON) into ``output``, all or nothing."""
+                    overwrite: bool = False, extra_name: str = PRUNING_FILE,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """``save_pretrained`` model and tokenizer (+ ``extra`` as JSON, + text files) into ``output``, all or nothing."""
     out = check_output_dir(output, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -43,6 +44,8 @@ def save_checkpoint(model, tokenizer, output: str | os.PathLike, extra: dict | N
             tokenizer.save_pretrained(tmp)
         if extra is not None:
             (tmp / extra_name).write_text(json.dumps(extra, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")

@@ -58,15 +58,22 @@ def protected_blocks(n_blocks: int, first: int = 0, last: int = 0) -> list[int]:
 
 def select_blocks(scores: BlockScores, block_params: list[int], total_params: int, target: Target,
                   protect_first: int = 0, protect_last: int = 0) -> Selection:
-    """Remove the lowest-scored unprotected blocks until the target is met (one shot)."""
-    n = len(block_params)
-    if scores.unit != "block" or len(scores.scores) != n:
-        raise DepthpruneError(f"scores have {len(scores.scores)} {scores.unit} candidates; the model has {n} blocks")
-    protected = protected_blocks(n, protect_first, protect_last)
-    candidates = [i for i in range(n) if i not in protected]
+    """Remove the lowest-scored unprotected candidates until the target is met (one shot).
+
+    ``block_params`` holds one parameter count per candidate (per block, or per module with
+    ``unit='module'``, where ``--num-blocks`` counts modules). Candidates of protected blocks are never
+    removed. ``Selection.removed`` holds block indices for blocks and candidate positions for modules.
+    """
+    n = len(scores.scores)
+    if len(block_params) != n:
+        raise DepthpruneError(f"scores have {n} {scores.unit} candidates; the model has {len(block_params)}")
+    n_blocks = n if scores.unit == "block" else n // 2
+    protected = protected_blocks(n_blocks, protect_first, protect_last)
+    owner = [int(str(c).split(".")[0]) for c in scores.candidates]
+    candidates = [i for i in range(n) if owner[i] not in protected]
     if not candidates:
         raise DepthpruneError(
-            f"--protect-first {protect_first} and --protect-last {protect_last} protect all {n} blocks; "
+            f"--protect-first {protect_first} and --protect-last {protect_last} protect all {n_blocks} blocks; "
             "nothing left to remove"
         )
     spans = scores.metadata.get("span_distances") if scores.criterion == "angular" else None

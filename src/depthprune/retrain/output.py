@@ -1,0 +1,80 @@
+"""Writing a retrained model into the run directory: staged in a temporary directory, then moved in."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from depthprune.errors import DepthpruneError
+from depthprune.pruning.save import PRUNING_FILE, library_versions
+
+RETRAIN_FILE = "retrain.json"
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def source_dir(model_src: str | None) -> Path | None:
+    """The local checkpoint directory a model was loaded from, if any."""
+    if not model_src:
+        return None
+    path = Path(model_src).expanduser()
+    return path if (path / "config.json").is_file() else None
+
+
+def check_save_dtype(name: str) -> None:
+    if name != "auto" and name not in SAVE_DTYPES:
+        raise DepthpruneError(f"--save-dtype must be auto or one of {', '.join(SAVE_DTYPES)}, got {name!r}")
+
+
+def cast_for_save(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """``auto`` keeps the training dtype; otherwise cast floating-point weights before saving."""
+    return model if name == "auto" else model.to(SAVE_DTYPES[name])
+
+
+def versions() -> dict:
+    import accelerate
+    import peft
+
+    return library_versions() | {"accelerate": accelerate.__version__, "peft": peft.__version__}
+
+
+def write_final(output: str | os.PathLike, writer: Callable[[Path], None], model_src: str | None,
+                info: dict) -> Path:
+    """``writer(tmp)`` saves the model; ``pruning.json`` of the input (if any) and ``retrain.json`` join it.
+
+    Entries are moved into ``output`` one by one, ``retrain.json`` last, so its presence marks a finished run.
+    """
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    try:
+        writer(tmp)
+        src = source_dir(model_src)
+        if src is not None and (src / PRUNING_FILE).is_file():
+            shutil.copy2(src / PRUNING_FILE, tmp / PRUNING_FILE)
+        (tmp / RETRAIN_FILE).write_text(json.dumps(info | {"versions": versions()}, indent=2) + "\n")
+        stale = out / RETRAIN_FILE
+        stale.unlink(missing_ok=True)
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == RETRAIN_FILE):
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def prepare_for_export(lm: torch.nn.Module) -> None:
+    """Undo training-only settings so the saved config is the usual inference one."""
+    from depthprune.retrain.engine import set_activation_checkpointing
+
+    set_activation_checkpointing(lm, False)
+    if hasattr(lm, "config"):
+        lm.config.use_cache = True
+    lm.eval()

@@ -1,0 +1,253 @@
+"""Retraining (LoRA, CPT, CPT then LoRA) on tiny random models, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import SAMPLE_TEXT, save_tiny
+
+from depthprune.cli import main
+from depthprune.errors import DepthpruneError
+from depthprune.retrain import engine
+from depthprune.retrain.config import TrainConfig
+from depthprune.retrain.data import IGNORE, instruction_dataset, load_instructions
+from depthprune.retrain.plan import DataPlan
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+CPT_ARGS = ["--seq-len", "24", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3", "--log-every", "1",
+            "--warmup-steps", "2", "--no-progress", "--save-every", "0"]
+LORA_ARGS = ["--max-len", "240", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-2", "--log-every", "1",
+             "--warmup-steps", "2", "--no-progress", "--save-every", "0", "--rank", "4"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    """A tiny 2-block Gemma 3 (tied embeddings, BOS) with a pruning.json, a text file and Alpaca records."""
+    root = tmp_path_factory.mktemp("retrain")
+    model = save_tiny("gemma3_text", root / "model", layers=2)
+    (model / "pruning.json").write_text(json.dumps({"removed": [2, 3]}))
+    text = root / "text.txt"
+    text.write_text(SAMPLE_TEXT)
+    sentences = [s.strip() for s in SAMPLE_TEXT.split(". ") if s.strip()][:24]
+    records = [{"instruction": "Repeat the sentence.", "input": "fox" if i % 3 == 0 else "", "output": s}
+               for i, s in enumerate(sentences)]
+    instr = root / "alpaca.json"
+    instr.write_text(json.dumps(records))
+    return {"root": root, "model": model, "text": text, "instr": instr}
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def log_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def interrupt_at(monkeypatch, call: int, how: str) -> None:
+    """Make the ``call``-th forward of the training module send SIGINT (Ctrl-C) or raise KeyboardInterrupt."""
+    original = engine.CausalLMLoss.forward
+    count = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        count["n"] += 1
+        if count["n"] == call:
+            if how == "raise":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.CausalLMLoss, "forward", forward)
+
+
+@pytest.fixture(scope="module")
+def cpt_run(files) -> Path:
+    out = files["root"] / "cpt"
+    assert run("retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", out,
+               "--max-steps", 24, *CPT_ARGS) == 0
+    return out
+
+
+def test_cpt_lowers_loss_and_writes_run(cpt_run):
+    log = log_of(cpt_run)
+    assert [r["step"] for r in log] == list(range(1, 25))
+    assert log[-1]["loss"] < log[0]["loss"] - 0.5
+    assert {"lr", "tokens_seen", "tokens_per_s", "grad_norm"} <= set(log[0])
+    info = json.loads((cpt_run / "retrain.json").read_text())
+    assert info["result"]["steps"] == 24 and info["result"]["tokens_seen"] == 24 * 4 * 24
+    assert json.loads((cpt_run / "pruning.json").read_text()) == {"removed": [2, 3]}
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(cpt_run)
+
+
+def test_cpt_ctrl_c_then_resume_matches_uninterrupted(files, cpt_run, monkeypatch):
+    out = files["root"] / "cpt_resumed"
+    args = ["retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", out,
+            "--max-steps", 24, *CPT_ARGS]
+    interrupt_at(monkeypatch, 2 * 5 + 1, "sigint")  # Ctrl-C during step 6: it finishes, checkpoints, stops
+    assert run(*args) == 130
+    assert (out / "checkpoints" / "step-00000006").is_dir() and not (out / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert run(*args, "--resume") == 0
+    full, resumed = log_of(cpt_run), log_of(out)
+    assert [r["step"] for r in resumed] == list(range(1, 25))
+    for a, b in zip(full, resumed):
+        assert abs(a["loss"] - b["loss"]) < 1e-5
+    wa, wb = load_file(cpt_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+def test_lora_merge_and_mid_step_interrupt(files, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = files["root"] / "lora"
+    args = ["retrain", "lora", "--model", files["model"], "--data", files["instr"], "--max-steps", 20, *LORA_ARGS]
+    assert run(*args, "--output", out, "--merge") == 0
+    log = log_of(out)
+    assert log[-1]["loss"] < log[0]["loss"] - 0.5
+    assert json.loads((out / "pruning.json").read_text()) == {"removed": [2, 3]}
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = AutoModelForCausalLM.from_pretrained(files["model"])
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = torch.randint(3, 300, (2, 20))
+    with torch.no_grad():
+        diff = (merged(ids).logits - peft_model(ids).logits).abs().max()
+    assert float(diff) < 1e-4
+
+    # a KeyboardInterrupt inside step 5 (its 2nd micro-batch): step 4 is saved, RNG rewound, dropout replayed
+    out2 = files["root"] / "lora_resumed"
+    interrupt_at(monkeypatch, 2 * 4 + 2, "raise")
+    assert run(*args, "--output", out2) == 130
+    assert (out2 / "checkpoints" / "step-00000004").is_dir()
+    monkeypatch.undo()
+    assert run(*args, "--output", out2, "--resume") == 0
+    a, b = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(out2 / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert abs(log_of(out)[-1]["loss"] - log_of(out2)[-1]["loss"]) < 1e-5
+
+
+def test_cpt_then_lora(files, cpt_run):
+    out = files["root"] / "cpt_lora"
+    assert run("retrain", "lora", "--model", cpt_run, "--data", files["instr"], "--output", out,
+               "--max-steps", 2, "--target-modules", "q_proj,v_proj", *LORA_ARGS) == 0
+    assert json.loads((out / "pruning.json").read_text()) == {"removed": [2, 3]}
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert set(cfg["target_modules"]) == {"q_proj", "v_proj"}
+    assert Path(cfg["base_model_name_or_path"]).resolve() == cpt_run.resolve()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate CLI not installed")
+def test_ddp_two_cpu_processes_match_one(files):
+    common = ["retrain", "cpt", "--model", files["model"], "--data", files["text"], "--max-steps", 4,
+              *CPT_ARGS, "--micro-batch-size", "1", "--cpu"]
+    single = files["root"] / "ddp1"
+    assert run(*common, "--output", single) == 0  # 1 process: 4 accumulation steps of 1
+    double = files["root"] / "ddp2"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
+    # accelerate's own --cpu launcher starts one process (several need mpirun); --multi_gpu starts torchrun
+    # workers, and depthprune's --cpu puts them on the CPU with the gloo backend
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "depthprune.cli", *map(str, common), "--output", str(double)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) x 2 accumulation" in proc.stdout
+    for a, b in zip(log_of(single), log_of(double), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"]
+    wa, wb = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["fields", "lr", "target", "resume", "batch"])
+def test_bad_input_is_a_clear_error(files, case, capsys):
+    out = files["root"] / f"bad_{case}"
+    bad = files["root"] / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "hi", "response": "no output field"}]))
+    base = ["retrain", "lora", "--model", files["model"], "--output", out, "--no-progress"]
+    argv, expected = {
+        "fields": (base + ["--data", bad], "lacks the field(s) output"),
+        "lr": (base + ["--data", files["instr"], "--lr", "0"], "--lr must be > 0"),
+        "target": (base + ["--data", files["instr"], "--target-modules", "q_proj,qq_proj"],
+                   "qq_proj not a linear layer"),
+        "resume": (base + ["--data", files["instr"], "--resume"], "no checkpoint under"),
+        "batch": (base + ["--data", files["instr"], "--batch-size", "6", "--micro-batch-size", "4"],
+                  "must be a multiple of --micro-batch-size"),
+    }[case]
+    assert run(*argv) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_data_plan_and_alpaca_masking(files):
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    records = load_instructions(str(files["instr"]))
+    ds = instruction_dataset(records, tok, max_len=256)
+    batch = ds.batch([0, 1])
+    assert batch["labels"].shape == batch["input_ids"].shape
+    n_prompt = len(tok(records[0]["instruction"], add_special_tokens=False)["input_ids"])
+    assert (batch["labels"][0, :n_prompt] == IGNORE).all()  # no loss on the prompt
+    plan = DataPlan(ds, batch_size=4, seed=3)
+    assert plan.step(0) == DataPlan(ds, 4, 3).step(0) and plan.step(0) != DataPlan(ds, 4, 4).step(0)
+    assert sorted(sum((plan.step(s)[1] for s in range(plan.steps_per_epoch)), [])) == list(range(len(ds)))
+    budget = int(ds.tokens.sum()) + 1  # one epoch is just short of it
+    assert plan.total_steps(None, None, budget) == plan.steps_per_epoch + 1
+    assert plan.total_steps(2, 5, None) == 5
+    with pytest.raises(DepthpruneError, match="fewer than one batch"):
+        DataPlan(ds, batch_size=1000, seed=0)
+    with pytest.raises(DepthpruneError, match="--lr"):
+        TrainConfig(output="x", lr=float("nan")).validate()
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    for name, kind in (("ddp.yaml", "MULTI_GPU"), ("fsdp.yaml", "FSDP")):
+        cfg = ClusterConfig.from_yaml_file(ROOT / "configs" / "accelerate" / name)
+        assert str(cfg.distributed_type).endswith(kind)
+
+
+def test_interrupt_in_first_step_then_resume(files, monkeypatch):
+    """Interrupted before the first step finished: a step-0 checkpoint, from which --resume starts over."""
+    out = files["root"] / "early"
+    interrupt_at(monkeypatch, 1, "raise")
+    assert run("retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", out,
+               "--max-steps", 2, *CPT_ARGS) == 130
+    monkeypatch.undo()
+    assert run("retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", out,
+               "--max-steps", 2, *CPT_ARGS, "--resume") == 0
+    assert len(log_of(out)) == 2
+    shutil.rmtree(out)

@@ -11,7 +11,7 @@ from depthprune.errors import DepthpruneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from depthprune.commands import bench, ppl, prune, retrain, score, zeroshot
+    from depthprune.commands import bench, ppl, prune, report, retrain, run, score, zeroshot
 
     parser = argparse.ArgumentParser(prog="depthprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.register(sub)
     bench.register(sub)
     retrain.register(sub)
+    run.register(sub)
+    report.register(sub)
     return parser
 
 

@@ -6,6 +6,8 @@ inputs before the removed block are kept, only the blocks after it are re-run.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from tqdm.auto import tqdm
 
@@ -38,6 +40,7 @@ def iterative_prune(model, criterion: str, calibration, target: Target, protect:
     rounds, order = [], []
     goal = _goal(target, total, params, n0 - len(protected))
     bar = tqdm(desc="iterative pruning", unit="round", disable=not progress)
+    t0 = time.perf_counter()
     while not _met(target, goal, order, total, params):
         candidates = [i for i, o in enumerate(original) if o not in protected]
         if not candidates:
@@ -49,7 +52,7 @@ def iterative_prune(model, criterion: str, calibration, target: Target, protect:
             scores = score_model(model, criterion, calibration, batch_size=batch_size).scores
         r = min(candidates, key=lambda i: (scores[i], original[i]))
         rounds.append({"round": len(rounds) + 1, "blocks": list(original), "scores": scores,
-                       "removed": original[r]})
+                       "removed": original[r], "elapsed_s": time.perf_counter() - t0})
         order.append(original[r])
         remove_blocks(model, [r])
         del original[r]

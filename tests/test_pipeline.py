@@ -1,0 +1,212 @@
+"""``depthprune run`` (YAML experiments, resumable stages) and ``depthprune report``, on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny import SAMPLE_TEXT, save_tiny
+
+from depthprune.cli import main
+from depthprune.errors import DepthpruneError
+from depthprune.pipeline import load_config, plan_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("pipeline")
+    model = save_tiny("llama", root / "model", layers=4)
+    text = root / "text.txt"
+    text.write_text(SAMPLE_TEXT)
+    sentences = [s.strip() for s in SAMPLE_TEXT.split(". ") if s.strip()][:8]
+    alpaca = root / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Repeat.", "input": "", "output": s} for s in sentences]))
+    return {"root": root, "model": model, "text": text, "alpaca": alpaca}
+
+
+def tiny_config(files: dict, **changes) -> dict:
+    cfg = {
+        "name": "tiny",
+        "model": {"source": str(files["model"]), "device": "cpu"},
+        "calibration": {"source": str(files["text"]), "samples": 4, "seq_len": 16, "batch_size": 4},
+        "prune": {"criterion": "ppl", "targets": [{"num_blocks": 1}, {"num_blocks": 2}]},
+        "retrain": [{"kind": "lora", "data": str(files["alpaca"]), "max_steps": 2, "batch_size": 2,
+                     "micro_batch_size": 1, "seq_len": 128, "rank": 2, "log_every": 1, "save_every": 1}],
+        "evaluate": {"ppl": {"datasets": [str(files["text"])], "seq_len": 16, "limit": 2, "batch_size": 2}},
+        "bench": {"batch_sizes": [1], "output_lengths": [2], "warmup": 0, "runs": 1},
+    }
+    return cfg | changes
+
+
+def write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def stages_of(run: Path) -> dict:
+    return json.loads((run / "stages.json").read_text())["stages"]
+
+
+def test_bad_config_names_every_field_and_writes_nothing(files, tmp_path, capsys):
+    cfg = tiny_config(files)
+    cfg["prune"] = {"criterion": "nope", "targets": [{"num_blocks": 1}, {"ratio": 1.5}], "schedul": "iterative"}
+    cfg["retrain"] = [{"kind": "lora", "lr": -1, "text_field": "text"}]
+    cfg["evaluate"] = {"zeroshot": {"tasks": ["piqa", "chess"]}}
+    cfg["bench"] = {"runs": 0}
+    path = write(tmp_path / "bad.yaml", cfg)
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    for expected in ("prune.targets.1.ratio: must be in (0, 1)", "prune.criterion: unknown criterion 'nope'",
+                     "prune.schedul: unknown field; did you mean 'schedule'?", "retrain.0.lr: must be > 0",
+                     "retrain.0.text_field: applies to kind cpt only", "evaluate.zeroshot.tasks.1: unknown task",
+                     "bench.runs: must be >= 1", "7 invalid fields"):
+        assert expected in err, (expected, err)
+    assert not runs.exists()
+    # a variant's own mistake is reported under variants.<name>
+    cfg = tiny_config(files, variants={"a": {"prune": {"criterion": "taylor"}},
+                                       "b": {"prune": {"unit": "module", "criterion": "angular"}}})
+    with pytest.raises(DepthpruneError, match=r"variants\.b\.prune\.unit: criterion 'angular' cannot score"):
+        load_config(write(tmp_path / "variants.yaml", cfg))
+
+
+@pytest.fixture(scope="module")
+def finished_run(files, tmp_path_factory) -> Path:
+    """The tiny pipeline, interrupted in its first retraining stage, then rerun to the end."""
+    from depthprune.pipeline import stages
+
+    tmp = tmp_path_factory.mktemp("run")
+    path = write(tmp / "tiny.yaml", tiny_config(files))
+    runs = tmp / "runs"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(stages, "run_retrain", interrupted)
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 130
+    mp.undo()
+    run = runs / "tiny"
+    first = stages_of(run)
+    assert first["score"]["status"] == "done" and first["k1/prune"]["status"] == "done"
+    assert first["k1/retrain/1-lora"]["status"] == "interrupted"
+    assert "k2/prune" not in first and not (run / "k1" / "eval.json").exists()
+    assert (run / "k1" / "pruned" / "pruning.json").is_file()
+    (run / "first_attempt.json").write_text(json.dumps(first))
+
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    return run
+
+
+def test_pipeline_runs_end_to_end_and_resumes(finished_run):
+    run = finished_run
+    first = json.loads((run / "first_attempt.json").read_text())
+    done = stages_of(run)
+    # the rerun resumed at the interrupted stage: scoring and the first pruning were not redone
+    for sid in ("score", "k1/prune", "base/eval"):
+        assert done[sid]["started"] == first[sid]["started"] and done[sid]["run_id"] == first[sid]["run_id"]
+    assert done["k1/retrain/1-lora"]["attempt"] == 2
+    assert all(rec["status"] == "done" for rec in done.values())
+    assert set(done) == {"base/eval", "score", "k1/prune", "k1/retrain/1-lora", "k1/eval", "k2/prune",
+                         "k2/retrain/1-lora", "k2/eval", "bench"}
+    for rel in ("config.yaml", "scores.json", "scores.png", "k1/pruned/pruning.json", "k2/pruned/config.json",
+                "k1/retrained/1-lora/retrain.json", "k2/retrained/1-lora/adapter/adapter_config.json",
+                "k1/eval.json", "k2/eval.json", "base/eval.json", "bench.json"):
+        assert (run / rel).exists(), rel
+    assert json.loads((run / "k2" / "pruned" / "pruning.json").read_text())["num_blocks_after"] == 2
+    ev = json.loads((run / "k2" / "eval.json").read_text())
+    assert ev["final"] == "retrained/1-lora" and ev["results"][0]["num_blocks"] == 2
+    assert ev["results"][0]["ppl"][next(iter(ev["results"][0]["ppl"]))]["windows"] == 2
+    bench = json.loads((run / "bench.json").read_text())
+    assert bench["complete"] and [m["label"] for m in bench["models"]] == ["base", "k1", "k2"]
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["retrain"][0]["lr"] == 1e-4 and resolved["prune"]["protect_first"] == 0
+    load_config(run / "config.yaml")  # the resolved config is itself a valid config
+
+
+def test_rerun_skips_everything_and_force_redoes_prune(finished_run, capsys):
+    from depthprune.pipeline import run_experiment
+
+    path = finished_run.parent.parent / "tiny.yaml"
+    before = stages_of(finished_run)
+    summary = run_experiment(path, finished_run.parent)
+    assert summary.ran == [] and len(summary.skipped) == len(before)
+    assert stages_of(finished_run) == before
+    with pytest.raises(DepthpruneError, match="--force nothing: no such stage"):
+        run_experiment(path, finished_run.parent, force=["nothing"])
+
+    summary = run_experiment(path, finished_run.parent, force=["k2/prune"])
+    after = stages_of(finished_run)
+    assert summary.ran == ["k2/prune", "k2/retrain/1-lora", "k2/eval", "bench"]  # it and what depends on it
+    assert after["k2/prune"]["started"] > before["k2/prune"]["started"]
+    assert after["k1/prune"] == before["k1/prune"] and after["score"] == before["score"]
+    main(["run", str(path), "--runs-dir", str(finished_run.parent), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "[6/9] k2/prune: done" in out
+
+
+def test_report_from_stored_json_only(finished_run, tmp_path, monkeypatch, capsys):
+    import depthprune.models
+    import depthprune.models.loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report must not load a model")
+
+    monkeypatch.setattr(depthprune.models, "load_model", no_model)
+    monkeypatch.setattr(depthprune.models.loading, "load_model", no_model)
+    out = tmp_path / "report"
+    assert main(["report", str(finished_run), str(finished_run.parent), "--output", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    for section in ("## Experiments", "## Per-block scores", "## Removed blocks and parameters", "## Perplexity",
+                    "## Inference speed", "| k2 +lora |", "| baseline |", "removed (k2)"):
+        assert section in text, section
+    for png in ("scores_tiny.png", "ppl_vs_params.png", "speed_tiny.png"):
+        assert (out / png).stat().st_size > 1000 and f"]({png})" in text
+    assert not list(out.glob(".report-*"))
+    # one directory given: the report goes into it
+    assert main(["report", str(finished_run)]) == 0
+    assert (finished_run / "report.md").is_file()
+
+
+def test_variants_layout_and_shared_scores(files, tmp_path, capsys):
+    from depthprune.pipeline import run_experiment
+
+    cfg = tiny_config(files, name="var", retrain=[], evaluate=None, bench=None,
+                      variants={"a": {}, "b": {"prune": {"protect_last": 1, "target": {"ratio": 0.3}}}})
+    summary = run_experiment(write(tmp_path / "var.yaml", cfg), tmp_path / "runs")
+    run = tmp_path / "runs" / "var"
+    assert summary.ran == ["a/score", "a/k1/prune", "a/k2/prune", "b/score", "b/prune"]
+    assert "reused identical scores" in capsys.readouterr().out
+    assert (run / "a" / "scores.json").read_text() == (run / "b" / "scores.json").read_text()
+    info = json.loads((run / "b" / "pruned" / "pruning.json").read_text())
+    assert info["protected_blocks"] == [3] and info["experiment"] == {"name": "var", "variant": "b", "target": "r30"}
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["variants"]["b"]["prune"]["targets"] == [{"ratio": 0.3}]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_validate(path):
+    plan = plan_experiment(path, "unused-runs-dir")
+    assert plan.stages and not Path("unused-runs-dir").exists()
+    header = path.read_text().split("\n\n")[0]
+    assert "2-core CPU" in header and "Expected run time" in header
+
+
+def test_examples_exist():
+    names = {p.stem for p in EXAMPLES}
+    assert len(names) >= 6

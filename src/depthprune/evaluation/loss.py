@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-LOGITS_CHUNK_BYTES = 256 * 2**20
-"""Float32 logits held at once by the chunked loss (Gemma's 262k vocabulary: 256 tokens a chunk)."""
+LOGITS_CHUNK_BYTES = 64 * 2**20
+"""Float32 logits held at once by the chunked loss (Gemma's 262k vocabulary: 64 tokens a chunk)."""
 
 
 def softcap_of(model) -> float | None:
@@ -31,7 +31,7 @@ def chunked_nll(
     """
     head = model.get_output_embeddings()
     if chunk_tokens is None:
-        chunk_tokens = max(64, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
+        chunk_tokens = max(16, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
     softcap = softcap_of(model)
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1).to(h.device)

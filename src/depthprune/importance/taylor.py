@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from depthprune.evaluation.loss import chunked_nll, final_hidden, shifted_labels
 from depthprune.importance.base import register
 from depthprune.importance.weights import candidate_weights
 from depthprune.models.loading import input_device
+from depthprune.models.specs import get_blocks
 
 
 def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int,
@@ -27,6 +29,7 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
     """Back-propagate the calibration loss and call ``fold(param, |grad * W|)`` as each gradient completes.
 
     Only ``params`` get gradients, and each one is freed right after ``fold``; requires_grad is restored.
+    Blocks are activation-checkpointed, so activations are kept for one block at a time, not all of them.
     """
     wanted = {id(p) for p in params}
     saved = {id(p): p.requires_grad for p in model.parameters()}
@@ -37,7 +40,10 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
             fold(param, (param.grad.float() * param.detach().float()).abs())
         param.grad = None
 
+    blocks = list(get_blocks(model))
     try:
+        for block in blocks:
+            block.forward = _checkpointed(block.forward)
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
         for p in params:
@@ -49,11 +55,20 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
                 nll, count = chunked_nll(model, final_hidden(model, batch), shifted_labels(batch))
                 (nll / count).backward()
     finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
         for h in handles:
             h.remove()
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
             p.grad = None
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
 
 
 @register("taylor", units=("block", "module"),

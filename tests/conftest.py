@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -23,3 +24,15 @@ def embedded():
     from depthprune.models import load_model
 
     return load_model("gemma-3-270m")
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Tiny models run far faster on one thread (above all on a busy 2-core CPU); real-model tests keep all."""
+    if request.node.get_closest_marker("real_model"):
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -31,15 +31,6 @@ LORA_ARGS = ["--max-len", "240", "--batch-size", "4", "--micro-batch-size", "2",
              "--warmup-steps", "2", "--no-progress", "--save-every", "0", "--rank", "4"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread, above all on a shared, busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict:
     """A tiny 2-block Gemma 3 (tied embeddings, BOS) with a pruning.json, a text file and Alpaca records."""

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from depthprune.report.format import fmt_params
+
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
@@ -40,15 +42,6 @@ def add_comparisons(result: dict) -> None:
                 / (m["cost"]["flops_per_token"] + s["attention_flops_per_token_mean_context"]))
 
 
-def _fmt_params(n: int | None) -> str:
-    if n is None:
-        return "—"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
 def _fmt_bytes(n: int | None) -> str:
     if n is None:
         return "—"
@@ -79,7 +72,7 @@ def markdown_table(result: dict) -> str:
         else:
             lat = thr = mem = "OOM"
             speed = "—"
-        rows.append(f"| {m['label']} | {_fmt_params(m.get('num_params'))} | {m.get('num_blocks', '—')} "
+        rows.append(f"| {m['label']} | {fmt_params(m.get('num_params'))} | {m.get('num_blocks', '—')} "
                     f"| {s['batch_size']} | {s['output_length']} | {lat} | {thr} | {mem} | {speed} | {ideal} |")
     return "\n".join(rows) + "\n"
 
@@ -148,7 +141,7 @@ def plot_latency_throughput(result: dict, path: str | os.PathLike) -> Path:
             if not pts:
                 continue
             _, xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=f"{m['label']} ({_fmt_params(m.get('num_params'))})")
+            ax.plot(xs, ys, marker="o", label=f"{m['label']} ({fmt_params(m.get('num_params'))})")
             for batch, x, y in pts:
                 ax.annotate(f"M={batch}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             xs_all += xs

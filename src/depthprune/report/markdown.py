@@ -9,17 +9,9 @@ import tempfile
 from pathlib import Path
 
 from depthprune.report.collect import ExperimentData, ModelResult, ScoreSet
+from depthprune.report.format import fmt_params
 
 REPORT_FILE = "report.md"
-
-
-def fmt_params(n: int | None) -> str:
-    if n is None:
-        return "–"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
 
 
 def _pct(x: float | None) -> str:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import torch
 from _common import PeakRSS, weight_bytes
 
@@ -26,6 +27,7 @@ def run_variant(variant: str, windows: int, batch_size: int) -> dict:
     lm = load_model("gemma-3-270m", dtype="float32", device="cpu")
     w = windows_for(lm.tokenizer, "wikitext2", 128, windows)
     perplexity_of_windows(lm.model, w[:2], 2, progress=False)  # warm-up
+    loaded = psutil.Process().memory_info().rss
     with PeakRSS() as mem, torch.no_grad():
         t0 = time.perf_counter()
         if variant == "depthprune":
@@ -39,7 +41,8 @@ def run_variant(variant: str, windows: int, batch_size: int) -> dict:
             ppl, count = math.exp(sum(losses) / w.shape[0]), w.shape[0] * (w.shape[1] - 1)
         wall = time.perf_counter() - t0
     return {"variant": variant, "ppl": ppl, "tokens": count, "wall_s": wall, "tokens_per_s": count / wall,
-            "peak_rss_gb": mem.peak / 2**30, "weight_gb": weight_bytes(lm.model) / 2**30,
+            "peak_rss_gb": mem.peak / 2**30, "loaded_rss_gb": loaded / 2**30,
+            "weight_gb": weight_bytes(lm.model) / 2**30,
             "threads": torch.get_num_threads()}
 
 
@@ -59,10 +62,11 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"Gemma 3 270M float32, {args.windows} WikiText-2 windows x 128 tokens, batch {args.batch_size}, "
           f"{rows[0]['threads']} threads\n")
-    print("| loop | PPL | tokens/s | wall s | peak RSS GB | weights GB |\n|---|---|---|---|---|---|")
+    print("| loop | PPL | tokens/s | wall s | peak RSS GB | RSS before the loop GB | weights GB |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['ppl']:.3f} | {r['tokens_per_s']:.1f} | {r['wall_s']:.1f} | "
-              f"{r['peak_rss_gb']:.2f} | {r['weight_gb']:.2f} |")
+              f"{r['peak_rss_gb']:.2f} | {r['loaded_rss_gb']:.2f} | {r['weight_gb']:.2f} |")
     print(f"\nspeed ratio depthprune/plain: {rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.2f}")
 
 

@@ -21,13 +21,41 @@ def _chunk_nll(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
+def _vocab_chunked_nll(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, softcap: float | None,
+                       chunk_bytes: int) -> torch.Tensor:
+    """Summed NLL without gradients: logits for all tokens but a slice of the vocabulary at a time.
+
+    The head's weight is read once per call (memory-bound on CPU) and a running log-sum-exp keeps at most
+    ``chunk_bytes`` of float32 logits alive.
+    """
+    weight, bias = head.weight, getattr(head, "bias", None)
+    hidden, labels = hidden.to(weight.device), labels.to(weight.device)
+    n = hidden.shape[0]
+    step = max(1024, chunk_bytes // (4 * max(n, 1)))
+    run_max = torch.full((n,), float("-inf"), device=hidden.device)
+    run_sum = torch.zeros(n, device=hidden.device)
+    target = torch.zeros(n, device=hidden.device)
+    rows = torch.arange(n, device=hidden.device)
+    for v0 in range(0, weight.shape[0], step):
+        logits = F.linear(hidden, weight[v0 : v0 + step], None if bias is None else bias[v0 : v0 + step]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        new_max = torch.maximum(run_max, logits.max(dim=1).values)
+        run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(dim=1)
+        run_max = new_max
+        inside = (labels >= v0) & (labels < v0 + logits.shape[1])
+        target[inside] = logits[rows[inside], labels[inside] - v0]
+    return (run_max + torch.log(run_sum) - target).sum()
+
+
 def chunked_nll(
     model, hidden: torch.Tensor, labels: torch.Tensor, chunk_tokens: int | None = None
 ) -> tuple[torch.Tensor, int]:
     """Sum of token NLLs for ``labels`` (same shape as ``hidden[..., 0]``, -100 = ignore), and their count.
 
-    ``hidden`` is the final (normed) hidden state; position t predicts ``labels[t]``. Under autograd each
-    chunk's logits are recomputed in backward instead of being stored.
+    ``hidden`` is the final (normed) hidden state; position t predicts ``labels[t]``. Without gradients the
+    vocabulary is sliced (the head's weight is read once); under autograd tokens are sliced and each chunk's
+    logits are recomputed in backward instead of being stored.
     """
     head = model.get_output_embeddings()
     if chunk_tokens is None:
@@ -37,6 +65,8 @@ def chunked_nll(
     y = labels.reshape(-1).to(h.device)
     keep = y != -100
     h, y = h[keep], y[keep]
+    if not (torch.is_grad_enabled() and h.requires_grad) and isinstance(head, torch.nn.Linear):
+        return _vocab_chunked_nll(h, y, head, softcap, LOGITS_CHUNK_BYTES), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for start in range(0, y.numel(), chunk_tokens):
         hs, ys = h[start : start + chunk_tokens], y[start : start + chunk_tokens]

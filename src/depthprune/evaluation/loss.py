@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 LOGITS_CHUNK_BYTES = 64 * 2**20
-"""Float32 logits held at once by the chunked loss (Gemma's 262k vocabulary: 64 tokens a chunk)."""
+"""Float32 logits held at once under autograd (Gemma's 262k vocabulary: 64 tokens a chunk)."""
+EVAL_LOGITS_BYTES = 32 * 2**20
+"""Float32 logits held at once without gradients (a vocabulary slice for every token of the batch)."""
 
 
 def softcap_of(model) -> float | None:
@@ -66,7 +68,7 @@ def chunked_nll(
     keep = y != -100
     h, y = h[keep], y[keep]
     if not (torch.is_grad_enabled() and h.requires_grad) and isinstance(head, torch.nn.Linear):
-        return _vocab_chunked_nll(h, y, head, softcap, LOGITS_CHUNK_BYTES), int(y.numel())
+        return _vocab_chunked_nll(h, y, head, softcap, EVAL_LOGITS_BYTES), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for start in range(0, y.numel(), chunk_tokens):
         hs, ys = h[start : start + chunk_tokens], y[start : start + chunk_tokens]

@@ -19,6 +19,22 @@ WINDOWS = 200
 SEQ_LEN = 128
 
 
+class PaperSetup:
+    """The embedded model in float32 on CPU, the paper's calibration set and PPL windows, and the PPL cache."""
+
+    def __init__(self):
+        from depthprune.data import CalibrationSpec, build_calibration
+        from depthprune.models import load_model
+        from depthprune.pruning import block_params, count_params
+
+        lm = load_model("gemma-3-270m", dtype="float32", device="cpu")
+        self.model, self.tokenizer = lm.model, lm.tokenizer
+        self.calib = build_calibration(self.tokenizer, CalibrationSpec("war_and_peace", 10, 128, 0))
+        self.windows = paper_windows(self.tokenizer)
+        self.cache = PPLCache(RESULTS / "ppl_cache_gemma3_270m.json")
+        self.total, self.bparams = count_params(self.model), block_params(self.model)
+
+
 def paper_windows(tokenizer, limit: int = WINDOWS) -> dict[str, torch.Tensor]:
     """The first ``limit`` windows of WikiText-2 and PTB used by every results table."""
     return {d: windows_for(tokenizer, d, SEQ_LEN, limit) for d in ("wikitext2", "ptb")}

@@ -14,12 +14,10 @@ import json
 import sys
 import time
 
-from _common import RESULTS, PPLCache, paper_windows
+from _common import RESULTS, PaperSetup
 
-from depthprune.data import CalibrationSpec, build_calibration
 from depthprune.importance import score_model
-from depthprune.models import load_model
-from depthprune.pruning import Target, block_params, blocks_removed, count_params, resolve_protection, select_blocks
+from depthprune.pruning import Target, blocks_removed, resolve_protection, select_blocks
 from depthprune.report.plots import plot_block_scores
 
 CRITERIA = ["magnitude", "magnitude+", "taylor", "taylor+", "ppl", "block_influence", "angular"]
@@ -27,12 +25,9 @@ LEVELS = [2, 4, 6]
 
 
 def main() -> None:
-    lm = load_model("gemma-3-270m", dtype="float32", device="cpu")
-    model, tok = lm.model, lm.tokenizer
-    calib = build_calibration(tok, CalibrationSpec("war_and_peace", 10, 128, 0))
-    windows = paper_windows(tok)
-    cache = PPLCache(RESULTS / "ppl_cache_gemma3_270m.json")
-    total, bparams = count_params(model), block_params(model)
+    setup = PaperSetup()
+    model, calib, windows, cache = setup.model, setup.calib, setup.windows, setup.cache
+    total, bparams = setup.total, setup.bparams
     rows, score_times, all_scores = [], {}, {}
     dense = cache.get("dense", model, windows)
     rows.append({"criterion": "dense", "blocks_removed": 0, "removed": [], "params": total, **dense})

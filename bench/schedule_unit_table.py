@@ -16,12 +16,10 @@ import sys
 import time
 from contextlib import ExitStack
 
-from _common import RESULTS, PPLCache, paper_windows
+from _common import RESULTS, PaperSetup
 
-from depthprune.data import CalibrationSpec, build_calibration
 from depthprune.importance import score_model
-from depthprune.models import load_model
-from depthprune.pruning import Target, block_params, blocks_removed, count_params, select_blocks
+from depthprune.pruning import Target, blocks_removed, select_blocks
 from depthprune.pruning.iterative import iterative_prune
 from depthprune.pruning.module_surgery import module_skipped, parse_label
 from depthprune.pruning.params import candidate_params
@@ -30,12 +28,9 @@ LEVELS = [2, 4, 6]
 
 
 def main() -> None:
-    lm = load_model("gemma-3-270m", dtype="float32", device="cpu")
-    model, tok = lm.model, lm.tokenizer
-    calib = build_calibration(tok, CalibrationSpec("war_and_peace", 10, 128, 0))
-    windows = paper_windows(tok)
-    cache = PPLCache(RESULTS / "ppl_cache_gemma3_270m.json")
-    total, bparams = count_params(model), block_params(model)
+    setup = PaperSetup()
+    model, calib, windows, cache = setup.model, setup.calib, setup.windows, setup.cache
+    total, bparams = setup.total, setup.bparams
     sched, units = [], []
 
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import torch
 from _common import PeakRSS, weight_bytes
 
@@ -43,11 +44,13 @@ def measure(what: str, name: str) -> dict:
         calib.input_ids = calib.input_ids % model.config.vocab_size
     crit, opts = {"ppl_cached": ("ppl", {"cache_prefix": True}), "ppl_naive": ("ppl", {"cache_prefix": False}),
                   "taylor": ("taylor", {})}[what]
+    before = psutil.Process().memory_info().rss
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         scores = score_model(model, crit, calib, **opts).scores
         wall = time.perf_counter() - t0
     return {"what": what, "model": name, "wall_s": wall, "peak_rss_gb": mem.peak / 2**30,
+            "rss_before_gb": before / 2**30,
             "weight_gb": weight_bytes(model) / 2**30, "scores": scores}
 
 
@@ -68,13 +71,13 @@ def main() -> None:
             print(f"{name} {what}: {res[(name, what)]['wall_s']:.1f}s, peak {res[(name, what)]['peak_rss_gb']:.2f} GB",
                   file=sys.stderr, flush=True)
     print("| model | ppl cached s | ppl naive s | cached/naive | max rel. score diff | taylor s | taylor peak RSS GB "
-          "| weights GB | peak/weights |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| RSS before taylor GB | weights GB | peak/weights |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("llama-small-vocab", "gemma"):
         c, n, t = res[(name, "ppl_cached")], res[(name, "ppl_naive")], res[(name, "taylor")]
         diff = max(abs(a - b) / b for a, b in zip(c["scores"], n["scores"]))
         print(f"| {name} | {c['wall_s']:.1f} | {n['wall_s']:.1f} | {c['wall_s'] / n['wall_s']:.2f} | {diff:.1e} | "
-              f"{t['wall_s']:.1f} | {t['peak_rss_gb']:.2f} | {t['weight_gb']:.2f} | "
+              f"{t['wall_s']:.1f} | {t['peak_rss_gb']:.2f} | {t['rss_before_gb']:.2f} | {t['weight_gb']:.2f} | "
               f"{t['peak_rss_gb'] / t['weight_gb']:.2f} |")
 
 

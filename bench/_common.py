@@ -47,7 +47,14 @@ class PPLCache:
         self.path = path
         self.data = json.loads(path.read_text()) if path.exists() else {}
 
+    def _reload(self) -> None:
+        """Pick up entries that another bench process wrote since this one last read the file."""
+        if self.path.exists():
+            self.data = {**json.loads(self.path.read_text()), **self.data}
+
     def get(self, key: str, model, windows: dict[str, torch.Tensor], batch_size: int = 16) -> dict:
+        if key not in self.data:
+            self._reload()
         if key not in self.data:
             out = {}
             for name, w in windows.items():
@@ -55,8 +62,9 @@ class PPLCache:
                 total, count = perplexity_of_windows(model, w, batch_size, progress=False)
                 out[name] = float(torch.tensor(total / count).exp())
                 out[f"{name}_s"] = time.perf_counter() - t0
+            self._reload()
             self.data[key] = out
-            tmp = self.path.with_suffix(".tmp")
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.data, indent=2))
             os.replace(tmp, self.path)
             print(f"  {key}: " + ", ".join(f"{k}={v:.2f}" for k, v in out.items()), flush=True)

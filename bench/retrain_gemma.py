@@ -47,7 +47,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--windows", type=int, default=WINDOWS, help="PPL windows of 128 tokens per dataset")
     p.add_argument("--cpt-seq-len", type=int, default=512)
     p.add_argument("--cpt-batch", type=int, default=16, help="CPT global batch in sequences")
+    p.add_argument("--lora-batch", type=int, default=64, help="LoRA global batch in examples (paper: 64)")
     p.add_argument("--micro-batch", type=int, default=4, help="sequences per forward pass")
+    p.add_argument("--warmup-steps", type=int, default=None, help="warmup steps (default: the CLI's ratio)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budgets (2k tokens, 5 windows, short sequences): checks the plumbing in minutes")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/results/")
@@ -70,13 +72,13 @@ def retrain(method: str, model: Path | str, out: Path, tokens: int, a: argparse.
         return
     if method == "lora":
         argv = ["retrain", "lora", "--model", model, "--data", "alpaca_demo", "--merge", "--max-tokens", tokens,
-                "--micro-batch-size", a.micro_batch]
-        if a.smoke:
-            argv += ["--batch-size", 4]
+                "--micro-batch-size", a.micro_batch, "--batch-size", 4 if a.smoke else a.lora_batch]
     else:
         argv = ["retrain", "cpt", "--model", model, "--data", "c4_sample", "--max-tokens", tokens,
                 "--seq-len", a.cpt_seq_len, "--batch-size", a.cpt_batch, "--micro-batch-size", a.micro_batch]
     argv += ["--output", out, "--save-every", 50, "--log-every", 5]
+    if a.warmup_steps is not None:
+        argv += ["--warmup-steps", a.warmup_steps]
     has_ckpt = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*"))
     argv += ["--resume"] if has_ckpt else (["--overwrite"] if out.exists() else [])
     print(f"\n== {method} -> {out}", flush=True)
@@ -87,6 +89,10 @@ def measure(path: Path | str, key: str, cache: dict, cache_path: Path, a: argpar
     """WikiText-2 / PTB perplexity (first windows) and parameter count of the model at ``path``."""
     if key in cache:
         return cache[key]
+    shared = _shared_ppl(path, a)
+    if shared is not None:
+        cache[key] = shared
+        return shared
     lm = load_model(str(path), dtype="float32" if not torch.cuda.is_available() else "bfloat16")
     res = {"params": count_params(lm.model)}
     for name in ("wikitext2", "ptb"):
@@ -104,6 +110,27 @@ def measure(path: Path | str, key: str, cache: dict, cache_path: Path, a: argpar
     print(f"  {key}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in res.items()), flush=True)
     return res
+
+
+def _shared_ppl(path: Path | str, a: argparse.Namespace) -> dict | None:
+    """PPL of a not-retrained pruned model from the pruning tables' cache (same windows), when it is there."""
+    info, cache_file = Path(path) / "pruning.json", RESULTS / "ppl_cache_gemma3_270m.json"
+    if a.smoke or a.model != "gemma-3-270m" or a.windows != WINDOWS or (Path(path) / "retrain.json").exists():
+        return None
+    if not cache_file.is_file():
+        return None
+    if str(path) == "gemma-3-270m" and "dense" in (table := json.loads(cache_file.read_text())):
+        return {"params": 268_098_176, "wikitext2": table["dense"]["wikitext2"], "ptb": table["dense"]["ptb"],
+                "from": "pruning-table cache"}
+    if not info.is_file():
+        return None
+    meta = json.loads(info.read_text())
+    removed = meta.get("removed_blocks") or []
+    hit = json.loads(cache_file.read_text()).get("remove:" + ",".join(map(str, removed)))
+    if hit is None:
+        return None
+    return {"params": meta["params_after"], "wikitext2": hit["wikitext2"], "ptb": hit["ptb"],
+            "from": "pruning-table cache"}
 
 
 def table(rows: list[dict], a: argparse.Namespace) -> str:

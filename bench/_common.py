@@ -52,10 +52,29 @@ class PPLCache:
         if self.path.exists():
             self.data = {**json.loads(self.path.read_text()), **self.data}
 
+    def _wait_for_other(self, key: str) -> None:
+        """If another live bench process is computing ``key`` (see :meth:`_claim`), wait for its result."""
+        claim = self._claim_path(key)
+        while key not in self.data and claim.exists():
+            try:
+                os.kill(int(claim.read_text() or 0), 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                break
+            time.sleep(10)
+            self._reload()
+
+    def _claim_path(self, key: str) -> Path:
+        import hashlib
+
+        return self.path.with_name(f".{self.path.stem}.{hashlib.sha1(key.encode()).hexdigest()[:12]}.claim")
+
     def get(self, key: str, model, windows: dict[str, torch.Tensor], batch_size: int = 16) -> dict:
         if key not in self.data:
             self._reload()
+            self._wait_for_other(key)
         if key not in self.data:
+            claim = self._claim_path(key)
+            claim.write_text(str(os.getpid()))
             out = {}
             for name, w in windows.items():
                 t0 = time.perf_counter()
@@ -67,6 +86,7 @@ class PPLCache:
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.data, indent=2))
             os.replace(tmp, self.path)
+            claim.unlink(missing_ok=True)
             print(f"  {key}: " + ", ".join(f"{k}={v:.2f}" for k, v in out.items()), flush=True)
         return self.data[key]
 

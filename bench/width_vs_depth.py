@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import sys
@@ -49,19 +50,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--no-speed", action="store_true",
+                   help="perplexities only (e.g. while other jobs load the CPU); rerun without it for the speed")
+    p.add_argument("--speed-only", action="store_true",
+                   help="measure the speed of the rows of an earlier --no-speed run (models rebuilt from its JSON: "
+                        "removed blocks / kept heads and channels), without scoring or perplexity again")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
 
 def speed(model, prompt, args) -> dict:
+    if args.no_speed:
+        return {"latency_s": None, "throughput": None, "speed_status": "not measured (--no-speed)"}
     rec = measure_setting(model, prompt, 1, args.new_tokens, args.warmup, args.runs)
     if rec["status"] != "ok":
         return {"latency_s": None, "throughput": None, "speed_status": rec["status"]}
     return {"latency_s": rec["latency_mean_s"], "throughput": rec["throughput_tok_s"], "timer": rec["timer"]}
 
 
+def speed_only(args) -> int:
+    """Fill in the latency/throughput of the rows of an earlier run, rebuilding each model from its JSON."""
+    from depthprune.pruning.width_scores import model_dims
+    from depthprune.pruning.width_surgery import BlockKeep, apply_width
+
+    path = args.results_dir / "width_vs_depth_gemma3_270m.json"
+    old = json.loads(path.read_text())
+    lm = load_model(args.model, dtype="float32", device=args.device)
+    model, tok = lm.model, lm.tokenizer
+    prompt = make_prompt(tok, args.input_tokens, model.config.vocab_size)
+    before = model_dims(model)
+    rows = []
+    for r in old["rows"]:
+        if r["method"] == "width":
+            pruned = copy.deepcopy(model)
+            keeps = [BlockKeep(k["heads"], k["kv_heads"], k["channels"]) for k in r["kept"]]
+            after = dataclasses.replace(before, heads=len(keeps[0].heads), kv_heads=len(keeps[0].kv_heads),
+                                        channels=len(keeps[0].channels))
+            apply_width(pruned, keeps, before, after)
+            assert count_params(pruned) == r["params"], "rebuilt width model differs from the recorded one"
+            rows.append(r | speed(pruned, prompt, args))
+            del pruned
+            gc.collect()
+        else:
+            removed = json.loads(r["shape"].removeprefix("removed ")) if r["method"] == "depth" else []
+            with blocks_removed(model, removed):
+                assert count_params(model) == r["params"], "rebuilt depth model differs from the recorded one"
+                rows.append(r | speed(model, prompt, args))
+        print(f"{r['method']} {r['criterion']} K={r['level']}: {rows[-1]['latency_s']} s", flush=True)
+    write(rows, old["score_seconds"], args)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.speed_only:
+        return speed_only(args)
     levels = [int(x) for x in args.levels.split(",")]
     args.results_dir.mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model, dtype="float32", device=args.device)

@@ -34,7 +34,8 @@ def plot_block_scores(scores, path: str | Path, removed=(), protected=()) -> Pat
         ax.set_xticks(xs)
     ax.set_xlabel("block index")
     ax.set_ylabel(f"{scores.criterion} score")
-    ax.set_title(f"Block importance ({scores.criterion}); red = removed")
+    notes = (["red = removed"] if removed else []) + (["hatched = protected"] if protected else [])
+    ax.set_title(f"Block importance ({scores.criterion})" + (f"; {', '.join(notes)}" if notes else ""))
     if scores.criterion.startswith("ppl"):
         ax.set_yscale("log")
     fig.tight_layout()

@@ -67,7 +67,9 @@ def write(rows, score_times, all_scores) -> None:
     for r in rows:
         lines.append(f"| {r['criterion']} | {r['blocks_removed']} | {r['removed']} | {r['params'] / 1e6:.1f}M "
                      f"| {r['wikitext2']:.2f} | {r['ptb']:.2f} |")
-    lines += ["", "Scoring wall time (2 CPU cores):", "", "| criterion | seconds |", "|---|---|"]
+    lines += ["", "Scoring wall time on this 2-core machine (upper bounds when other bench jobs share the CPU; "
+              "uncontended 2-thread figures: docs/results/scoring_cost_gemma3_270m.md):", "",
+              "| criterion | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in score_times.items()]
     (RESULTS / "criteria_gemma3_270m.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "criteria_gemma3_270m.json").write_text(json.dumps(

@@ -137,9 +137,11 @@ def table(rows: list[dict], a: argparse.Namespace) -> str:
     lines = [
         f"Retraining after PPL-criterion depth pruning ({a.model}); WikiText-2 / PTB perplexity on the first "
         f"{a.windows} windows of {SEQ_LEN} tokens (lower is better). Token budget B = {a.tokens:,} tokens per "
-        "method (CPT->LoRA: B/2 + B/2). LoRA: Alpaca demo (999 examples), rank 8, alpha 16, lr 1e-4, batch 64. "
+        "method (CPT->LoRA: B/2 + B/2). LoRA: Alpaca demo (999 examples), rank 8, alpha 16, lr 1e-4, "
+        f"batch {a.lora_batch}. "
         f"CPT: C4 sample (300 documents), seq {a.cpt_seq_len}, batch {a.cpt_batch}, lr 1e-4, AdamW (0.9, 0.95), "
-        "wd 0.1, cosine.",
+        f"wd 0.1, cosine{f', {a.warmup_steps} warm-up steps' if a.warmup_steps is not None else ''}. Train time is "
+        "wall clock on this machine (shared with other jobs when they ran concurrently).",
         "",
         "| blocks removed | params | retraining | tokens seen | WikiText-2 PPL | PTB PPL | train time (s) |",
         "|---:|---:|---|---:|---:|---:|---:|",

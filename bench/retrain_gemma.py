@@ -53,7 +53,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="tiny budgets (2k tokens, 5 windows, short sequences): checks the plumbing in minutes")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/results/")
-    return p.parse_args()
+    a = p.parse_args()
+    for name in ("tokens", "windows", "cpt_seq_len", "cpt_batch", "lora_batch", "micro_batch"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(a, name)}")
+    return a
 
 
 def run_cli(argv: list) -> None:

@@ -68,12 +68,23 @@ def speed(model, prompt, args) -> dict:
     return {"latency_s": rec["latency_mean_s"], "throughput": rec["throughput_tok_s"], "timer": rec["timer"]}
 
 
+def _check_rebuilt(model, row: dict, path: Path) -> None:
+    if count_params(model) != row["params"]:
+        raise SystemExit(f"the rebuilt {row['criterion']} K={row['level']} model differs from {path}: "
+                         "rerun with --no-speed")
+
+
 def speed_only(args) -> int:
     """Fill in the latency/throughput of the rows of an earlier run, rebuilding each model from its JSON."""
     from depthprune.pruning.width_scores import model_dims
     from depthprune.pruning.width_surgery import BlockKeep, apply_width
 
     path = args.results_dir / "width_vs_depth_gemma3_270m.json"
+    if not path.is_file():
+        raise SystemExit(f"--speed-only needs {path} from an earlier run: run `python bench/width_vs_depth.py "
+                         f"--no-speed --results-dir {args.results_dir}` first")
+    if args.no_speed:
+        raise SystemExit("--speed-only and --no-speed exclude each other: pick one")
     old = json.loads(path.read_text())
     lm = load_model(args.model, dtype="float32", device=args.device)
     model, tok = lm.model, lm.tokenizer
@@ -87,14 +98,14 @@ def speed_only(args) -> int:
             after = dataclasses.replace(before, heads=len(keeps[0].heads), kv_heads=len(keeps[0].kv_heads),
                                         channels=len(keeps[0].channels))
             apply_width(pruned, keeps, before, after)
-            assert count_params(pruned) == r["params"], "rebuilt width model differs from the recorded one"
+            _check_rebuilt(pruned, r, path)
             rows.append(r | speed(pruned, prompt, args))
             del pruned
             gc.collect()
         else:
             removed = json.loads(r["shape"].removeprefix("removed ")) if r["method"] == "depth" else []
             with blocks_removed(model, removed):
-                assert count_params(model) == r["params"], "rebuilt depth model differs from the recorded one"
+                _check_rebuilt(model, r, path)
                 rows.append(r | speed(model, prompt, args))
         print(f"{r['method']} {r['criterion']} K={r['level']}: {rows[-1]['latency_s']} s", flush=True)
     write(rows, old["score_seconds"], args)

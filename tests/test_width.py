@@ -107,6 +107,22 @@ def test_gqa_kv_heads_only_go_with_their_whole_group():
                     bad, before, after)
 
 
+@pytest.mark.parametrize("model_type", ["gemma3_text", "llama"])
+def test_plan_skips_head_counts_the_config_rejects(tmp_path, model_type):
+    # hidden 64 with head_dim 16: 3 heads is the nearest count at this ratio, but transformers' LLaMA and
+    # Gemma 3 configs refuse hidden_size % num_attention_heads != 0 on save and load
+    model = tiny_model(model_type, layers=3, num_key_value_heads=1)
+    assert (3, 1) in head_shapes(model_dims(model), 8)
+    assert (3, 1) not in head_shapes(model_dims(model), 8, model.config)
+    plan = plan_width(model, Target(ratio=0.2), round_to=8)
+    assert model.config.hidden_size % plan.after.heads == 0
+    res = prune_width(model, score_width(model, "wanda-sp", calib()), plan)
+    out = save_checkpoint(model, tiny_tokenizer(), tmp_path / "w", res.info)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_attention_heads == plan.after.heads
+    assert torch.equal(reloaded.generate(PROMPT, **GEN), model.generate(PROMPT, **GEN))
+
+
 def test_plan_prunes_query_heads_before_kv_heads():
     model = tiny_model("llama", layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=8)
     shapes = {}
@@ -213,7 +229,7 @@ def test_cli_width_prune(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.real_model
-def test_embedded_gemma_width_prune():
+def test_embedded_gemma_width_prune(tmp_path):
     from depthprune.evaluation.perplexity import perplexity_of_windows, windows_for
     from depthprune.models import load_model
 
@@ -223,7 +239,8 @@ def test_embedded_gemma_width_prune():
     ids, windows = windows[-3:], windows[:2]
     dense_nll, n = perplexity_of_windows(model, windows, progress=False)
     plan = plan_width(model, Target(num_blocks=4), round_to=8)
-    assert (plan.after.heads, plan.after.kv_heads, plan.after.head_dim) == (3, 1, 256)
+    # 3 of 4 heads would be nearest, but Gemma 3's config needs hidden_size (640) % heads == 0
+    assert (plan.after.heads, plan.after.kv_heads, plan.after.head_dim) == (4, 1, 256)
     assert plan.after.channels % 8 == 0 and plan.after.channels < 2048
     prune_width(model, score_width(model, "wanda-sp", Calibration(ids, CalibrationSpec("wikitext2", 3, 32))), plan)
     nll, n2 = perplexity_of_windows(model, windows, progress=False)
@@ -231,6 +248,9 @@ def test_embedded_gemma_width_prune():
     assert dense_ppl < ppl < 50 * dense_ppl
     out = model.generate(ids[:1, :8], max_new_tokens=4, do_sample=False)
     assert out.shape[1] == 12
+    saved = save_checkpoint(model, lm.tokenizer, tmp_path / "w", {"method": "width"})
+    reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+    assert torch.equal(reloaded.generate(ids[:1, :8], max_new_tokens=4, do_sample=False), out)
 
 
 def test_wanda_scope_out_is_reference_and_all_adds_rows():

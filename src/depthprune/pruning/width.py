@@ -15,7 +15,9 @@ How the target becomes a shape:
    only with its whole query group. Among equally close counts the larger wins, and for one count the shape
    keeping more key/value heads wins (query heads are pruned before key/value heads). With ``round_to`` the
    projection widths ``g * q * head_dim`` and ``g * head_dim`` must be multiples of it (always true when
-   ``head_dim`` is, e.g. 64, 128, 256).
+   ``head_dim`` is, e.g. 64, 128, 256). The model's config class must also accept the count: transformers
+   validates some families on save and load (LLaMA and Gemma 3 require ``hidden_size % num_attention_heads
+   == 0`` even with an explicit ``head_dim``), so Gemma 3 270M (hidden 640, 4 heads) keeps 4, 2 or 1 heads.
 3. MLP channels absorb the rest: the largest multiple of ``round_to`` that brings the model to or below the
    target (all channels when the heads alone reach it).
 
@@ -25,6 +27,7 @@ block, so a dense protected block next to narrower ones cannot be saved as a mod
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -90,13 +93,27 @@ def target_goal(model, target: Target, total: int) -> int:
     return target.target_params
 
 
-def head_shapes(d: Dims, round_to: int) -> list[tuple[int, int]]:
+def config_accepts(config, heads: int, kv_heads: int) -> bool:
+    """Whether ``config``'s class validates with ``heads`` query and ``kv_heads`` key/value heads."""
+    if not callable(getattr(config, "validate", None)):
+        return True
+    trial = copy.deepcopy(config)
+    trial.num_attention_heads, trial.num_key_value_heads = heads, kv_heads
+    try:
+        trial.validate()
+    except Exception:  # noqa: BLE001 - any validation failure means transformers would refuse the shape
+        return False
+    return True
+
+
+def head_shapes(d: Dims, round_to: int, config=None) -> list[tuple[int, int]]:
     """Feasible (query heads, key/value heads) pairs, see the module docstring."""
     out = []
     for g in range(1, d.kv_heads + 1):
         for q in range(1, d.group + 1):
             if (g * q * d.head_dim) % round_to == 0 and (g * d.head_dim) % round_to == 0:
-                out.append((g * q, g))
+                if config is None or config_accepts(config, g * q, g):
+                    out.append((g * q, g))
     return out
 
 
@@ -142,10 +159,11 @@ def plan_width(model, target: Target, protect: tuple[int, int] = (0, 0), round_t
             f"target {target.describe()} would remove every attention head of a block (keeping "
             f"{want:.2f} of {d.heads} query heads rounds to 0); lower --ratio or raise --target-params"
         )
-    shapes = sorted(head_shapes(d, round_to), key=lambda s: (abs(s[0] - want), -s[0], -s[1]))
+    shapes = sorted(head_shapes(d, round_to, model.config), key=lambda s: (abs(s[0] - want), -s[0], -s[1]))
     if not shapes:
-        raise DepthpruneError(f"--round-to {round_to}: no head count keeps head_dim {d.head_dim} multiples of it; "
-                              "use --round-to 1 or a divisor of head_dim")
+        raise DepthpruneError(f"--round-to {round_to}: no head count keeps head_dim {d.head_dim} multiples of it "
+                              f"and passes the {model.config.model_type} config's validation; use --round-to 1 "
+                              "or a divisor of head_dim")
     for heads, kv in shapes:
         rest = need - n * ((d.heads - heads) * cost["q"] + (d.kv_heads - kv) * cost["kv"])
         channels = _channels(d, rest, n, cost["ch"], round_to)

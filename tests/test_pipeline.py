@@ -200,3 +200,17 @@ def test_examples_validate(path):
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES}
     assert len(names) >= 6
+
+
+def test_report_plot_names_never_collide():
+    from pathlib import Path
+
+    from depthprune.report.markdown import plot_name
+
+    taken: dict[str, Path] = {}
+    for name in ("taylor", "taylor+", "magnitude+", "taylor"):
+        png = plot_name("scores", name, taken)
+        assert png not in taken
+        taken[png] = Path(png)
+    assert list(taken) == ["scores_taylor.png", "scores_taylor-plus.png", "scores_magnitude-plus.png",
+                           "scores_taylor-2.png"]

@@ -19,7 +19,18 @@ def _pct(x: float | None) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+    """A file-name-safe form of ``text``; ``+`` becomes ``-plus`` so that "taylor" and "taylor+" differ."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("+", "-plus")).strip("_") or "run"
+
+
+def plot_name(prefix: str, text: str, taken: dict[str, Path]) -> str:
+    """``<prefix>_<slug>.png``, numbered when another plot of this report already has that name."""
+    stem, n = f"{prefix}_{_slug(text)}", 1
+    name = f"{stem}.png"
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    return name
 
 
 def _dataset_name(ds: str) -> str:
@@ -146,7 +157,7 @@ def scores_section(experiments: list[ExperimentData], lab: Labeller, plots: dict
         removed = list(s.removed.values())[0] if len(s.removed) == 1 else ()
         if sc.unit == "block":
             removed = [int(x) for x in removed]
-        png = f"scores_{_slug(name)}.png"
+        png = plot_name("scores", name, plots)
         plot_block_scores(sc, tmp / png, removed=removed, protected=s.protected)
         plots[png] = tmp / png
         out += ["", f"![{name} scores]({png})"]
@@ -245,7 +256,7 @@ def speed_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[
         if not exp.bench or not exp.bench.get("settings"):
             continue
         body = markdown_report(exp.bench).replace("## Inference efficiency", f"### {exp.name}", 1)
-        png = f"speed_{_slug(exp.name)}.png"
+        png = plot_name("speed", exp.name, plots)
         plot_latency_throughput(exp.bench, tmp / png)
         plots[png] = tmp / png
         out += [body.rstrip(), "", f"![latency vs throughput, {exp.name}]({png})", ""]

@@ -64,12 +64,13 @@ def plot_metric_vs_params(panels: dict[str, dict[str, list[tuple[float, float]]]
         ax.set_title(name)
         ys = [y for pts in panels[name].values() for _, y in pts] + [y for _, _, y in (baselines or {}).get(name, [])]
         if log_y and ys and min(ys) > 0 and max(ys) > 3 * min(ys):
-            from matplotlib.ticker import FuncFormatter
+            from matplotlib.ticker import FuncFormatter, NullFormatter
 
             ax.set_yscale("log")
             fmt = FuncFormatter(lambda y, _: f"{y:g}")
             ax.yaxis.set_major_formatter(fmt)
-            ax.yaxis.set_minor_formatter(fmt)
+            # minor ticks labelled only within about a decade, where there are few major ticks to read
+            ax.yaxis.set_minor_formatter(fmt if max(ys) < 30 * min(ys) else NullFormatter())
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     if title:

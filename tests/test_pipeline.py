@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,10 @@ def finished_run(files, tmp_path_factory) -> Path:
     assert (run / "k1" / "pruned" / "pruning.json").is_file()
     (run / "first_attempt.json").write_text(json.dumps(first))
 
+    start = time.perf_counter()
     assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    # prune -> LoRA -> PPL -> one bench setting, for two targets, well under a minute on 2 CPU cores
+    assert time.perf_counter() - start < 60
     return run
 
 

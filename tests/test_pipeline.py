@@ -181,10 +181,16 @@ def test_variants_layout_and_shared_scores(files, tmp_path, capsys):
     from depthprune.pipeline import run_experiment
 
     cfg = tiny_config(files, name="var", retrain=[], evaluate=None, bench=None,
-                      variants={"a": {}, "b": {"prune": {"protect_last": 1, "target": {"ratio": 0.3}}}})
+                      variants={"a": {}, "b": {"prune": {"protect_last": 1, "target": {"ratio": 0.3}}},
+                                "c": {"description": "same recipe as a"}})
     summary = run_experiment(write(tmp_path / "var.yaml", cfg), tmp_path / "runs")
     run = tmp_path / "runs" / "var"
-    assert summary.ran == ["a/score", "a/k1/prune", "a/k2/prune", "b/score", "b/prune"]
+    assert summary.ran == ["a/score", "a/k1/prune", "a/k2/prune", "b/score", "b/prune",
+                           "c/score", "c/k1/prune", "c/k2/prune"]
+    # the report shows a and c's shared scores once, b's (other protection, other removals) apart
+    assert main(["report", str(run), "--output", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert text.count("### ") == 2 and "### a, c: " in text and "### b: " in text
     assert "reused identical scores" in capsys.readouterr().out
     assert (run / "a" / "scores.json").read_text() == (run / "b" / "scores.json").read_text()
     info = json.loads((run / "b" / "pruned" / "pruning.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -141,9 +142,14 @@ def scores_section(experiments: list[ExperimentData], lab: Labeller, plots: dict
         return ""
     out = ["## Per-block scores", "",
            "Lower = less important. `×` marks the candidates each target removed, `P` the protected blocks."]
+    groups: dict[str, list] = {}  # variants that reused one scoring and removed the same: shown once
     for s in sets:
+        key = json.dumps([s.scores, s.protected, s.removed, s.note], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(s)
+    for same in groups.values():
+        s = same[0]
         sc = BlockScores.from_json(s.scores)
-        name = lab.recipe(s)
+        name = ", ".join(lab.recipe(x) for x in same)
         out += ["", f"### {name}: {sc.criterion} ({sc.unit}s)" + (f", {s.note}" if s.note else ""), ""]
         head = [""] + list(sc.candidates)
         rows = [["score"] + [f"{v:.4g}" for v in sc.scores]]

@@ -26,6 +26,9 @@ def test_data_dir_env_and_missing_data(monkeypatch, tmp_path):
     (tmp_path / "calibration" / "war_and_peace.txt").write_text("custom calibration text")
     monkeypatch.setenv("DEPTHPRUNE_DATA", str(tmp_path))
     assert load_text("war_and_peace") == "custom calibration text"
+    monkeypatch.setenv("DEPTHPRUNE_DATA", str(tmp_path / "typo"))
+    with pytest.raises(DepthpruneError, match=r"DEPTHPRUNE_DATA=.*typo is not a directory.*or unset it"):
+        load_text("war_and_peace")
 
 
 def test_unknown_dataset_and_jsonl_without_field(tmp_path):

@@ -52,7 +52,11 @@ def data_dir_candidates() -> list[Path]:
     """Where local data is looked for, in order."""
     out = []
     if os.environ.get("DEPTHPRUNE_DATA"):
-        out.append(Path(os.environ["DEPTHPRUNE_DATA"]).expanduser())
+        env = Path(os.environ["DEPTHPRUNE_DATA"]).expanduser()
+        if not env.is_dir():  # a typo must not silently fall back to other data
+            raise DataNotFoundError(f"DEPTHPRUNE_DATA={env} is not a directory; point it at a directory laid out "
+                                    "like shared/data (see its MANIFEST.md), or unset it")
+        out.append(env)
     out += [_PROJECT_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data",
             Path.cwd() / "shared" / "data"]
     seen, unique = set(), []

@@ -58,3 +58,35 @@ def test_frozen_head_gets_no_gradient_but_hidden_does():
     total.backward()
     assert head.weight.grad is None
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+
+
+def _autocast_reference(hidden, labels, head):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias).float()
+        return F.cross_entropy(logits, labels.reshape(-1), reduction="sum", ignore_index=-100)
+
+
+def test_vocab_sliced_loss_under_bf16_autocast_matches_autocast_cross_entropy(monkeypatch):
+    """Forward and backward see the same (bf16) logits: gradients match plain autocast cross-entropy, and the
+    softmax used in backward sums to 1 per token (so the bias gradient sums to 0 over the vocabulary)."""
+    monkeypatch.setattr(loss_mod, "GRAD_LOGITS_BYTES", 1)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 3000, bias=True)
+    with torch.no_grad():  # logits of standard deviation ~8, where a mismatch shows
+        head.weight.normal_(0, 8 / 32**0.5)
+    hidden = torch.randn(3, 11, 32, requires_grad=True)
+    labels = torch.randint(0, 3000, (3, 11))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, count = chunked_nll(_fake_model(head, None), hidden, labels)
+    ours.backward()
+    got = [hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()]
+    hidden.grad = head.weight.grad = head.bias.grad = None
+    ref = _autocast_reference(hidden, labels, head)
+    ref.backward()
+    want = [hidden.grad, head.weight.grad, head.bias.grad]
+    assert count == 33
+    assert torch.allclose(ours, ref, rtol=2e-3)
+    assert abs(float(got[2].sum())) < 1e-3 * count  # softmax sums to 1 per token (bf16 rounding only)
+    for g, w in zip(got, want):
+        rel = float((g.float() - w.float()).norm() / w.float().norm())
+        assert rel < 0.01, rel

@@ -29,8 +29,19 @@ def _slice_width(n_tokens: int, chunk_bytes: int) -> int:
     return max(1024, chunk_bytes // (4 * max(n_tokens, 1)))
 
 
-def _slice_logits(hidden, weight, bias, v0: int, step: int, softcap: float | None) -> torch.Tensor:
-    logits = F.linear(hidden, weight[v0 : v0 + step], None if bias is None else bias[v0 : v0 + step]).float()
+def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the head's matmuls run in: autocast's when it is on for this device, else the inputs' type."""
+    kind = hidden.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _slice_logits(hidden, weight, bias, v0: int, step: int, softcap: float | None, dtype: torch.dtype):
+    """Float32 logits of one vocabulary slice; the matmul runs in ``dtype`` (``hidden`` already in it)."""
+    b = None if bias is None else bias[v0 : v0 + step].to(dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = F.linear(hidden, weight[v0 : v0 + step].to(dtype), b).float()
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
@@ -38,12 +49,14 @@ def _lse_and_target(hidden, labels, weight, bias, softcap, chunk_bytes) -> tuple
     """Per-token log-sum-exp over the vocabulary and the target's logit, one vocabulary slice at a time."""
     n = hidden.shape[0]
     step = _slice_width(n, chunk_bytes)
+    dtype = compute_dtype(hidden, weight)
+    hidden = hidden.to(dtype)
     run_max = torch.full((n,), float("-inf"), device=hidden.device)
     run_sum = torch.zeros(n, device=hidden.device)
     target = torch.zeros(n, device=hidden.device)
     rows = torch.arange(n, device=hidden.device)
     for v0 in range(0, weight.shape[0], step):
-        logits = _slice_logits(hidden, weight, bias, v0, step, softcap)
+        logits = _slice_logits(hidden, weight, bias, v0, step, softcap, dtype)
         new_max = torch.maximum(run_max, logits.max(dim=1).values)
         run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(dim=1)
         run_max = new_max
@@ -58,6 +71,9 @@ class _VocabSlicedNLL(torch.autograd.Function):
     Only per-token log-sum-exp values are saved; backward recomputes each slice's logits, so at most
     ``chunk_bytes`` of float32 logits exist at once and the head's weight is read twice per step, not once
     per token chunk. Gradients flow to the hidden states and, when they require it, the head's weight/bias.
+
+    Forward and backward compute the logits in the same dtype (autocast's when it is on in forward: backward
+    runs outside autocast), so the softmax of backward is the one whose log-sum-exp forward saved.
     """
 
     @staticmethod
@@ -65,32 +81,35 @@ class _VocabSlicedNLL(torch.autograd.Function):
         lse, target = _lse_and_target(hidden, labels, weight, bias, softcap, chunk_bytes)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.softcap, ctx.chunk_bytes = softcap, chunk_bytes
+        ctx.dtype = compute_dtype(hidden, weight)
         return (lse - target).sum()
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
-        softcap = ctx.softcap
+        softcap, dtype = ctx.softcap, ctx.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n = hidden.shape[0]
         step = _slice_width(n, ctx.chunk_bytes)
+        h = hidden.to(dtype)
         rows = torch.arange(n, device=hidden.device)
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         for v0 in range(0, weight.shape[0], step):
-            logits = _slice_logits(hidden, weight, bias, v0, step, softcap)
+            logits = _slice_logits(h, weight, bias, v0, step, softcap, dtype)
             g = torch.exp(logits - lse[:, None])
             inside = (labels >= v0) & (labels < v0 + logits.shape[1])
             g[rows[inside], labels[inside] - v0] -= 1.0
             if softcap:
                 g = g * (1.0 - (logits / softcap) ** 2)
             g = g * grad_out
-            w_slice = weight[v0 : v0 + logits.shape[1]]
+            gc = g.to(dtype)
+            w_slice = weight[v0 : v0 + logits.shape[1]].to(dtype)
             if need_h:
-                grad_h += g @ w_slice.float()
+                grad_h += (gc @ w_slice).float()
             if need_w:
-                grad_w[v0 : v0 + logits.shape[1]] = (g.t() @ hidden.float()).to(weight.dtype)
+                grad_w[v0 : v0 + logits.shape[1]] = (gc.t() @ h).to(weight.dtype)
             if grad_b is not None:
                 grad_b[v0 : v0 + logits.shape[1]] = g.sum(dim=0).to(bias.dtype)
         return (grad_h.to(hidden.dtype) if need_h else None), grad_w, grad_b, None, None, None

@@ -34,7 +34,7 @@ def _model(name: str):
     return LlamaForCausalLM(cfg).eval(), load_model("gemma-3-270m", device="cpu").tokenizer
 
 
-def measure(what: str, name: str) -> dict:
+def measure(what: str, name: str, batch_size: int = 16) -> dict:
     from depthprune.data import CalibrationSpec, build_calibration
     from depthprune.importance import score_model
 
@@ -47,20 +47,23 @@ def measure(what: str, name: str) -> dict:
     before = psutil.Process().memory_info().rss
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        scores = score_model(model, crit, calib, **opts).scores
+        scores = score_model(model, crit, calib, batch_size=batch_size, **opts).scores
         wall = time.perf_counter() - t0
     return {"what": what, "model": name, "wall_s": wall, "peak_rss_gb": mem.peak / 2**30,
             "rss_before_gb": before / 2**30,
-            "weight_gb": weight_bytes(model) / 2**30, "scores": scores}
+            "weight_gb": weight_bytes(model) / 2**30, "batch_size": batch_size,
+            "batches": -(-calib.input_ids.shape[0] // batch_size), "scores": scores}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--what")
     ap.add_argument("--model")
+    ap.add_argument("--batch-size", type=int, default=16, help="calibration samples per backward (10 samples: "
+                                                                "16 = one batch, 3 = four batches)")
     args = ap.parse_args()
     if args.what:
-        print(json.dumps(measure(args.what, args.model)))
+        print(json.dumps(measure(args.what, args.model, args.batch_size)))
         return
     res = {}
     for name in ("llama-small-vocab", "gemma"):

@@ -157,3 +157,18 @@ def test_angular_removes_contiguous_span():
     dists = s.metadata["span_distances"]["3"]
     allowed = [i for i in range(len(dists)) if i >= 1 and i + 3 <= 7]
     assert sel.removed[0] == min(allowed, key=lambda i: dists[i])
+
+
+def test_plus_criterion_protects_through_the_python_entry_points():
+    """A Python caller naming taylor+/magnitude+ gets the first 4 / last 2 blocks protected without asking."""
+    from depthprune.pruning.iterative import iterative_prune
+
+    cal = calib(samples=2)
+    for name in ("magnitude+", "taylor+"):
+        model = tiny_model("llama", layers=8)
+        res = prune_blocks(model, score_model(model, name, cal), Target(num_blocks=2))
+        assert res.selection.protected == [0, 1, 2, 3, 6, 7]
+        assert set(res.selection.removed) == {4, 5}
+        assert (res.info["protect_first"], res.info["protect_last"]) == (4, 2)
+    it = iterative_prune(tiny_model("llama", layers=8), "magnitude+", cal, Target(num_blocks=2), progress=False)
+    assert sorted(it.info["removal_order"]) == [4, 5] and it.info["protected_blocks"] == [0, 1, 2, 3, 6, 7]

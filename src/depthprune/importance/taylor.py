@@ -5,9 +5,16 @@ weight's contribution is folded into its candidate's score the moment its gradie
 (``register_post_accumulate_grad_hook``), then the gradient is freed. The loss is computed from
 hidden states in chunks, so vocabulary-size logits are never all in memory.
 
-As in the official Shortened-LLaMA code, grad*W is summed (signed) over the calibration samples
-before |.| is taken: all samples of a batch go through one backward pass. With more samples than
-``batch_size`` the |.| is taken per batch (the official code would need every gradient kept).
+As in the official Shortened-LLaMA code, grad*W is summed (signed) over all calibration samples before
+|.| is taken, the loss being the token mean over all of them: the score does not depend on ``batch_size``.
+With one batch the products are folded as they come (no extra memory); with several, a float32
+accumulator per weight holds the signed sums until the last batch (one more float32 copy of the scored
+weights).
+
+Blocks behind accelerate hooks (a ``device_map`` over several devices) keep their hooked ``forward``:
+the checkpointing wrapper goes around it and is removed afterwards, restoring exactly what was there.
+Weights offloaded by accelerate (on the meta device between forwards) cannot carry gradients: such models
+are refused with a message, not scored wrong.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from collections.abc import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
 
+from depthprune.errors import DepthpruneError
 from depthprune.evaluation.loss import chunked_nll, final_hidden, shifted_labels
 from depthprune.importance.base import register
 from depthprune.importance.weights import candidate_weights
@@ -24,23 +33,47 @@ from depthprune.models.loading import input_device
 from depthprune.models.specs import get_blocks
 
 
+def check_weights_in_memory(model, what: str) -> None:
+    """Refuse a model whose weights accelerate offloaded (meta tensors between forwards): no gradients there."""
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise DepthpruneError(
+            f"{what} needs gradients, but this model has weights offloaded by its device_map (on the meta device "
+            "between forwards); load it without CPU/disk offload (e.g. --device cpu or more GPU memory), or use a "
+            "forward-only criterion such as ppl, block_influence or angular"
+        )
+
+
 def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int,
                          fold: Callable[[torch.nn.Parameter, torch.Tensor], None]) -> None:
-    """Back-propagate the calibration loss and call ``fold(param, |grad * W|)`` as each gradient completes.
+    """Back-propagate the calibration loss and call ``fold(param, |sum over samples of grad * W|)`` per weight.
 
-    Only ``params`` get gradients, and each one is freed right after ``fold``; requires_grad is restored.
-    Blocks are activation-checkpointed, so activations are kept for one block at a time, not all of them.
+    The loss is the token-mean NLL over all of ``input_ids``, so the products do not depend on ``batch_size``.
+    Only ``params`` get gradients, each freed as soon as it is complete (one batch: folded at once; several:
+    added to a float32 accumulator, folded after the last batch); requires_grad is restored. Blocks are
+    activation-checkpointed, so activations are kept for one block at a time.
     """
+    check_weights_in_memory(model, "this criterion")
     wanted = {id(p) for p in params}
     saved = {id(p): p.requires_grad for p in model.parameters()}
+    labels = shifted_labels(input_ids)
+    total = int((labels != -100).sum())
+    starts = list(range(0, input_ids.shape[0], batch_size))
+    sums: dict[int, torch.Tensor] = {}
     handles = []
 
     def on_grad(param: torch.Tensor) -> None:
         with torch.no_grad():
-            fold(param, (param.grad.float() * param.detach().float()).abs())
+            product = param.grad.float() * param.detach().float()
+            if len(starts) == 1:
+                fold(param, product.abs())
+            elif id(param) in sums:
+                sums[id(param)] += product
+            else:
+                sums[id(param)] = product
         param.grad = None
 
     blocks = list(get_blocks(model))
+    own = [(b, "forward" in b.__dict__, b.__dict__.get("forward")) for b in blocks]
     try:
         for block in blocks:
             block.forward = _checkpointed(block.forward)
@@ -49,14 +82,21 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
         for p in params:
             handles.append(p.register_post_accumulate_grad_hook(on_grad))
         device = input_device(model)
-        for start in range(0, input_ids.shape[0], batch_size):
+        for start in tqdm(starts, desc="taylor", unit="batch", leave=False, disable=len(starts) == 1):
             batch = input_ids[start : start + batch_size].to(device)
             with torch.enable_grad():
-                nll, count = chunked_nll(model, final_hidden(model, batch), shifted_labels(batch))
-                (nll / count).backward()
+                nll, _ = chunked_nll(model, final_hidden(model, batch), labels[start : start + batch_size])
+                (nll / total).backward()
+        with torch.no_grad():
+            for p in params:
+                if id(p) in sums:
+                    fold(p, sums.pop(id(p)).abs_())
     finally:
-        for block in blocks:
-            block.__dict__.pop("forward", None)
+        for block, had, forward in own:
+            if had:
+                block.forward = forward  # e.g. accelerate's hooked forward
+            else:
+                block.__dict__.pop("forward", None)
         for h in handles:
             h.remove()
         for p in model.parameters():

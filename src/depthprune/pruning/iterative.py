@@ -22,10 +22,15 @@ from depthprune.pruning.selection import Selection, Target, protected_blocks
 from depthprune.pruning.surgery import remove_blocks
 
 
-def iterative_prune(model, criterion: str, calibration, target: Target, protect: tuple[int, int] = (0, 0),
+def iterative_prune(model, criterion: str, calibration, target: Target, protect: tuple[int, int] | None = None,
                     batch_size: int = 16, progress: bool = True) -> PruneResult:
-    """Remove blocks one at a time, re-scoring the remaining ones after every removal."""
-    crit, _ = resolve_criterion(criterion)
+    """Remove blocks one at a time, re-scoring the remaining ones after every removal.
+
+    ``protect`` (first, last) defaults to what the criterion's name implies ('+' names: 4 and 2).
+    """
+    crit, implied = resolve_criterion(criterion)
+    if protect is None:
+        protect = implied or (0, 0)
     n0 = num_blocks(model)
     params = block_params(model)
     total = count_params(model)

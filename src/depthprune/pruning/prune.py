@@ -39,9 +39,14 @@ def check_scores_match(scores: BlockScores, model) -> None:
         raise DepthpruneError(f"--scores were computed on another model ({detail}); score this model again")
 
 
-def prune_blocks(model, scores: BlockScores, target: Target, protect: tuple[int, int] = (0, 0)) -> PruneResult:
-    """Select candidates (blocks or modules) from ``scores`` and remove them from ``model`` in place."""
+def prune_blocks(model, scores: BlockScores, target: Target, protect: tuple[int, int] | None = None) -> PruneResult:
+    """Select candidates (blocks or modules) from ``scores`` and remove them from ``model`` in place.
+
+    ``protect`` (first, last) defaults to what the scores' criterion implies ('+' names: 4 and 2).
+    """
     check_scores_match(scores, model)
+    if protect is None:
+        protect = resolve_protection(scores.criterion, None, None)
     sel = select_blocks(scores, candidate_params(model, scores.unit), count_params(model), target, *protect)
     n_before = num_blocks(model)
     if scores.unit == "block":

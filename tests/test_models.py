@@ -65,3 +65,32 @@ def test_offline_hub_id_names_the_id(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DepthpruneError, match="someorg/some-model.*local"):
         load_model("someorg/some-model", device="cpu")
+
+
+def test_device_policy_keeps_a_model_that_fits_on_one_gpu():
+    from depthprune.models.loading import plan_device_map
+
+    gib = 2**30
+    assert plan_device_map("auto", 1 * gib, []) is None  # no GPU: the CPU
+    assert plan_device_map("cpu", 1 * gib, [80 * gib] * 8) is None
+    assert plan_device_map("auto", 1 * gib, [80 * gib] * 8) == {"": 0}  # a 270M model stays on one GPU
+    assert plan_device_map("auto", 1 * gib, [10 * gib, 40 * gib]) == {"": 1}  # the GPU with the most room
+    assert plan_device_map("cuda", 13 * gib, [24 * gib, 24 * gib]) == {"": 0}
+    assert plan_device_map("auto", 30 * gib, [24 * gib, 24 * gib]) == "auto"  # too large for one: split
+    assert plan_device_map("auto", 21 * gib, [24 * gib]) == "auto"  # over 85% of the free memory: split/offload
+    assert plan_device_map("multi", 1 * gib, [80 * gib] * 2) == "auto"  # asked for
+    with pytest.raises(DepthpruneError, match="no CUDA device"):
+        plan_device_map("multi", 1 * gib, [])
+    with pytest.raises(DepthpruneError, match="not one of"):
+        plan_device_map("gpu", 1 * gib, [])
+
+
+def test_model_bytes_estimate_matches_the_real_model():
+    from tiny import tiny_config, tiny_model
+
+    from depthprune.models.loading import estimate_model_bytes
+    from depthprune.pruning import count_params
+
+    for mt in ("llama", "gemma3_text"):
+        n = count_params(tiny_model(mt))
+        assert estimate_model_bytes(tiny_config(mt), torch.bfloat16) == 2 * n

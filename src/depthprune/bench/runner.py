@@ -151,6 +151,10 @@ def _bench_one(src: str, label: str, opts: BenchOptions, result: dict, log: Call
         "num_params": cost.num_params, "num_blocks": num_blocks(model), "dtype": str(next(model.parameters()).dtype),
         "devices": [str(d) for d in devices], "cost": cost.to_json(),
     })
+    if len(devices) > 1:
+        log(f"  warning: {label} spans {len(devices)} devices ({', '.join(map(str, devices))}): its layers run one "
+            "device after another (a naive pipeline), so latency includes the hops between them; peak memory is "
+            "reported per device. Use --device cuda to keep a model that fits on one GPU")
     prompt = _prompt_for(lm, opts.input_tokens)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and opts.input_tokens + max(opts.output_lengths) > max_pos:

@@ -14,7 +14,15 @@ from pathlib import Path
 import torch
 
 from depthprune.errors import DepthpruneError
-from depthprune.models.loading import DTYPES, LoadedModel, _effective_device, load_model
+from depthprune.models.loading import (
+    DTYPES,
+    LoadedModel,
+    _effective_device,
+    estimate_model_bytes,
+    gpu_free_bytes,
+    load_model,
+    plan_device_map,
+)
 from depthprune.models.specs import get_spec
 
 CONFIG_PREFIX = "config:"
@@ -85,10 +93,20 @@ def load_config_model(src: str, dtype: str = "auto", device: str = "auto") -> Lo
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DepthpruneError(f"--model {src}: not a usable config.json ({type(exc).__name__}: {exc})") from None
     eff = _effective_device(device)
-    target = torch.device("cuda", 0) if eff == "cuda" else torch.device(eff)
     torch_dtype = _config_dtype(dtype, eff, config)
+    free = gpu_free_bytes() if eff == "cuda" else []
+    placement = plan_device_map(device, estimate_model_bytes(config, torch_dtype) if free else None, free)
+    if isinstance(placement, dict):
+        target = torch.device("cuda", placement[""])
+    else:
+        target = torch.device("cpu")
     with torch.device(target):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    if placement == "auto":  # too large for one GPU, or --device multi: split it as from_pretrained would
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        no_split = list(getattr(model, "_no_split_modules", None) or [])
+        model = dispatch_model(model, infer_auto_device_map(model, no_split_module_classes=no_split))
     return LoadedModel(model.eval(), None, src)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from depthprune.errors import DepthpruneError
+from depthprune.models.loading import DEVICE_HELP, DEVICES
 
 
 def register(sub) -> None:
@@ -16,8 +17,7 @@ def register(sub) -> None:
                         "num_hidden_layers=24). The first model is the baseline for speedups")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: float32 on CPU, the checkpoint's/config's dtype on GPU)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: all visible GPUs when present, else CPU")
+    p.add_argument("--device", default="auto", choices=list(DEVICES), help=DEVICE_HELP)
     p.add_argument("--cache-dir", default=None, help="where the embedded model's HF checkpoint is cached")
     p.add_argument("--batch-sizes", default="1,4,16", help="batch sizes M, comma-separated (default 1,4,16)")
     p.add_argument("--output-lengths", default="128,512", help="output lengths L, comma-separated (default 128,512)")

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from depthprune.errors import DepthpruneError
+from depthprune.models.loading import DEVICE_HELP, DEVICES
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -16,8 +17,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="local HF directory, .gguf file, hub id, or 'gemma-3-270m' (the embedded default)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: float32 on CPU, the checkpoint's dtype on GPU)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: all visible GPUs (device_map=auto) when present, else CPU")
+    p.add_argument("--device", default="auto", choices=list(DEVICES), help=DEVICE_HELP)
     p.add_argument("--cache-dir", default=None, help="where the embedded model's HF checkpoint is cached")
 
 

@@ -16,7 +16,12 @@ from depthprune.models.specs import get_spec
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "multi")
+DEVICE_HELP = ("auto: one GPU when the model fits on it, split over the GPUs (device_map='auto') only when it "
+               "does not, the CPU without GPUs; cuda: one GPU; multi: always split over all visible GPUs; cpu")
+FIT_FRACTION = 0.85
+"""Share of a GPU's free memory the weights may take for the model to count as fitting (the rest: activations,
+KV cache, the allocator's slack)."""
 
 
 @dataclass
@@ -44,18 +49,66 @@ def _effective_device(device: str) -> str:
         raise DepthpruneError(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DepthpruneError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return device
+    if device in ("cuda", "multi") and not torch.cuda.is_available():
+        raise DepthpruneError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
+    return "cuda" if device == "multi" else device
 
 
-def _device_map(device: str) -> str | dict | None:
-    eff = _effective_device(device)
-    if eff == "cpu":
+def plan_device_map(device: str, model_bytes: int | None, gpu_free_bytes: list[int]) -> str | dict | None:
+    """Where to put a model of ``model_bytes`` given the free memory of each visible GPU (pure; tested with fakes).
+
+    None = the CPU; ``{"": i}`` = all of it on GPU i (the one with the most free memory); ``"auto"`` = split by
+    accelerate. ``auto`` and ``cuda`` keep the model on one GPU when it fits (splitting a model that fits only
+    makes a slower pipeline); a model too large for any one GPU is split. ``multi`` always splits.
+    """
+    if device not in DEVICES:
+        raise DepthpruneError(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
+    if device == "cpu" or (device == "auto" and not gpu_free_bytes):
         return None
-    if device == "auto" and torch.cuda.device_count() > 1:
+    if not gpu_free_bytes:
+        raise DepthpruneError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
+    if device == "multi":
         return "auto"
-    return {"": 0}
+    best = max(range(len(gpu_free_bytes)), key=lambda i: (gpu_free_bytes[i], -i))
+    if model_bytes is None or model_bytes <= FIT_FRACTION * gpu_free_bytes[best]:
+        return {"": best}
+    log.warning("the model (%.1f GiB) does not fit on one GPU (%.1f GiB free on the best); splitting it over the "
+                "GPUs (device_map='auto')", model_bytes / 2**30, gpu_free_bytes[best] / 2**30)
+    return "auto"
+
+
+def gpu_free_bytes() -> list[int]:
+    """Free memory of each visible CUDA device (empty without CUDA)."""
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+
+
+def estimate_model_bytes(config, dtype: torch.dtype | str) -> int | None:
+    """Weight bytes of a model built from ``config`` in ``dtype`` (tied weights once), without allocating it."""
+    from accelerate import init_empty_weights
+
+    try:
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        model.tie_weights()  # not applied inside init_empty_weights
+    except Exception:  # noqa: BLE001 - an estimate only; the load itself reports real problems
+        return None
+    if not isinstance(dtype, torch.dtype):
+        dtype = getattr(config, "dtype", None) or torch.float16
+        dtype = DTYPES.get(dtype, torch.float16) if isinstance(dtype, str) else dtype
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def _device_map(device: str, config=None, dtype: torch.dtype | str = "auto") -> str | dict | None:
+    free = gpu_free_bytes() if device != "cpu" else []
+    need = estimate_model_bytes(config, dtype) if config is not None and free else None
+    return plan_device_map(device, need, free)
 
 
 def _looks_like_path(src: str) -> bool:
@@ -91,8 +144,8 @@ def load_model(
 
     src = src or "gemma-3-270m"
     torch_dtype = resolve_dtype(dtype, device)
-    device_map = _device_map(device)
-    kwargs = dict(dtype=torch_dtype, device_map=device_map)
+    _effective_device(device)  # a bad --device fails before anything loads
+    kwargs = dict(dtype=torch_dtype, device=device)
 
     if src in EMBEDDED_ALIASES:
         path = embedded_checkpoint(cache_dir)
@@ -117,9 +170,18 @@ def load_model(
     return _load_hub(src, kwargs)
 
 
+def _placed(kwargs: dict, config) -> dict:
+    """``from_pretrained`` kwargs: the dtype and the device map chosen for this config (see plan_device_map)."""
+    out = dict(kwargs)
+    device = out.pop("device")
+    out["device_map"] = _device_map(device, config, out["dtype"])
+    return out
+
+
 def _load_dir(path: Path, kwargs: dict, source: str) -> LoadedModel:
     config = AutoConfig.from_pretrained(path)
     _check_supported(config)
+    kwargs = _placed(kwargs, config)
     if getattr(config, "depthprune_removed_modules", None):
         model = load_module_pruned(path, config, kwargs)
     else:
@@ -150,7 +212,7 @@ def load_module_pruned(path: Path, config, kwargs: dict) -> PreTrainedModel:
 def load_gguf(path: Path, kwargs: dict, source: str) -> LoadedModel:
     """Dequantize a GGUF file through transformers; the result can be saved with save_pretrained."""
     directory, name = str(path.parent), path.name
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, **_placed(kwargs, None))
     _check_supported(model.config)
     drop_gguf_marker(model)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
@@ -168,7 +230,7 @@ def _load_hub(repo_id: str, kwargs: dict) -> LoadedModel:
             "e.g. --model ./my-model"
         ) from None
     _check_supported(config)
-    model = AutoModelForCausalLM.from_pretrained(repo_id, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(repo_id, **_placed(kwargs, config))
     tokenizer = AutoTokenizer.from_pretrained(repo_id)
     model.eval()
     return LoadedModel(model, tokenizer, repo_id)

@@ -68,7 +68,7 @@ class ModelConfig(_Strict):
 
     source: str = "gemma-3-270m"
     dtype: Dtype = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "multi"] = "auto"
     cache_dir: str | None = None
 
     @model_validator(mode="before")

@@ -96,3 +96,37 @@ def test_embedded_model_wikitext2_ppl(embedded):
                               progress=False)
     assert math.isfinite(res.ppl) and res.ppl < 200
     assert res.windows == 20 and res.bos
+
+
+def _official_windows(text_ids: list[int], bos: int, seq_len: int, every: bool) -> list[list[int]]:
+    """The official Shortened-LLaMA ``process_data``, restated: BOS once before the text, or before each window."""
+    ids = text_ids if every else [bos] + text_ids
+    out = [ids[i * seq_len:(i + 1) * seq_len] for i in range(len(ids) // seq_len)]
+    return [[bos] + w for w in out] if every else out
+
+
+@pytest.mark.parametrize("mode", ["every", "first", "none"])
+def test_bos_modes_feed_the_windows_of_the_official_code(mode):
+    from depthprune.data.tokens import bos_windows
+
+    text = list(range(10, 10 + 37))
+    got = bos_windows(torch.tensor(text), 1, 8, mode).tolist()
+    if mode == "none":
+        want = [text[i * 8:(i + 1) * 8] for i in range(4)]
+    else:
+        want = _official_windows(text, 1, 8, every=mode == "every")
+    assert got == want
+    assert bos_windows(torch.tensor(text), None, 8, mode).tolist() == [text[i * 8:(i + 1) * 8] for i in range(4)]
+    with pytest.raises(DepthpruneError, match="--bos 'all'"):
+        bos_windows(torch.tensor(text), 1, 8, "all")
+
+
+def test_perplexity_records_the_bos_mode():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    res = {m: evaluate_perplexity(model, tok, "wikitext2", seq_len=16, limit=4, progress=False, bos=m)
+           for m in ("every", "first", "none")}
+    assert [r.bos_mode for r in res.values()] == ["every", "first", "none"]
+    assert res["every"].tokens == 64 and res["first"].tokens == 60 and res["none"].tokens == 60
+    assert len({round(r.ppl, 6) for r in res.values()}) == 3
+    no_bos = evaluate_perplexity(model, tiny_tokenizer(bos=False), "wikitext2", seq_len=16, limit=2, progress=False)
+    assert no_bos.bos_mode == "none"

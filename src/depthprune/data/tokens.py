@@ -47,6 +47,34 @@ def check_seq_len(seq_len: int, name: str = "--seq-len") -> None:
         raise DepthpruneError(f"{name} must be an integer >= 2, got {seq_len}")
 
 
+BOS_MODES = ("every", "first", "none")
+"""Where BOS goes in perplexity windows: before every window (Gemma needs it; the default), once before the whole
+text (the paper's LLaMA/Vicuna numbers: windows cut from [BOS] + text), or nowhere."""
+
+
+def bos_windows(ids: torch.Tensor, bos: int | None, seq_len: int, mode: str = "every",
+                limit: int | None = None) -> torch.Tensor:
+    """Model inputs for perplexity, as the official Shortened-LLaMA code builds them.
+
+    ``every``: windows of ``seq_len`` text tokens, each with BOS prepended (``seq_len + 1`` inputs, ``seq_len``
+    predicted); ``first``: BOS prepended once to the whole text, then cut into windows of ``seq_len`` (only the
+    first window starts with BOS); ``none``: windows of ``seq_len`` text tokens. Without a BOS token every mode
+    is ``none``.
+    """
+    if mode not in BOS_MODES:
+        raise DepthpruneError(f"--bos {mode!r} is not one of: {', '.join(BOS_MODES)}")
+    if bos is None or mode == "none":
+        return eval_windows(ids, seq_len, limit)
+    if mode == "first":
+        return eval_windows(torch.cat([torch.tensor([bos], dtype=ids.dtype), ids]), seq_len, limit)
+    return with_bos(eval_windows(ids, seq_len, limit), bos)
+
+
+def effective_bos_mode(tokenizer, mode: str) -> str:
+    """The mode actually applied (``none`` when the tokenizer has no BOS)."""
+    return "none" if bos_id(tokenizer) is None else mode
+
+
 def eval_windows(ids: torch.Tensor, seq_len: int, limit: int | None = None) -> torch.Tensor:
     """Non-overlapping windows of ``seq_len`` text tokens (the partial tail is dropped), first ``limit``."""
     check_seq_len(seq_len)

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from depthprune.data.sources import load_text
-from depthprune.data.tokens import bos_id, eval_windows, tokenize, with_bos
+from depthprune.data.tokens import bos_id, bos_windows, effective_bos_mode, tokenize
 from depthprune.errors import DepthpruneError
 from depthprune.evaluation.loss import sequence_nll
 from depthprune.models.loading import input_device
@@ -25,6 +25,7 @@ class PerplexityResult:
     windows: int
     seq_len: int
     bos: bool
+    bos_mode: str
     batch_size: int
     wall_s: float
     tokens_per_s: float
@@ -34,10 +35,10 @@ class PerplexityResult:
 
 
 def windows_for(tokenizer, dataset: str, seq_len: int = 128, limit: int | None = None,
-                text_field: str = "text") -> torch.Tensor:
-    """Model inputs for ``dataset``: windows of ``seq_len`` text tokens, BOS prepended when defined."""
-    ids = eval_windows(tokenize(tokenizer, load_text(dataset, text_field)), seq_len, limit)
-    return with_bos(ids, bos_id(tokenizer))
+                text_field: str = "text", bos: str = "every") -> torch.Tensor:
+    """Model inputs for ``dataset``: windows of ``seq_len`` tokens with BOS placed as ``bos`` says (bos_windows)."""
+    ids = tokenize(tokenizer, load_text(dataset, text_field))
+    return bos_windows(ids, bos_id(tokenizer), seq_len, bos, limit)
 
 
 @torch.no_grad()
@@ -62,9 +63,9 @@ def perplexity_of_windows(model, windows: torch.Tensor, batch_size: int = 8, pro
 
 def evaluate_perplexity(model, tokenizer, dataset: str = "wikitext2", seq_len: int = 128,
                         limit: int | None = None, batch_size: int = 8, progress: bool = True,
-                        text_field: str = "text") -> PerplexityResult:
-    """PPL of ``model`` on ``dataset`` (a named corpus or a local/hub text source)."""
-    windows = windows_for(tokenizer, dataset, seq_len, limit, text_field)
+                        text_field: str = "text", bos: str = "every") -> PerplexityResult:
+    """PPL of ``model`` on ``dataset`` (a named corpus or a local/hub text source); ``bos``: see bos_windows."""
+    windows = windows_for(tokenizer, dataset, seq_len, limit, text_field, bos)
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -74,5 +75,6 @@ def evaluate_perplexity(model, tokenizer, dataset: str = "wikitext2", seq_len: i
     return PerplexityResult(
         dataset=dataset, ppl=math.exp(total / count), nll=total / count, tokens=count,
         windows=int(windows.shape[0]), seq_len=seq_len, bos=bos_id(tokenizer) is not None,
+        bos_mode=effective_bos_mode(tokenizer, bos),
         batch_size=batch_size, wall_s=wall, tokens_per_s=count / wall if wall > 0 else float("nan"),
     )

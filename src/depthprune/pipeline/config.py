@@ -344,6 +344,7 @@ class PplSpec(_Strict):
     limit: int | None = Field(None, ge=1, description="first N windows per dataset (null: all)")
     batch_size: int = Field(8, ge=1)
     text_field: str = "text"
+    bos: Literal["every", "first", "none"] = Field("every", description="BOS before every window, once, or never")
 
     @field_validator("datasets", mode="before")
     @classmethod

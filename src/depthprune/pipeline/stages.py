@@ -209,7 +209,7 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
     if ev.ppl is not None:
         for ds in ev.ppl.datasets:
             res = evaluate_perplexity(lm.model, lm.tokenizer, ds, ev.ppl.seq_len, ev.ppl.limit, ev.ppl.batch_size,
-                                      text_field=ev.ppl.text_field)
+                                      text_field=ev.ppl.text_field, bos=ev.ppl.bos)
             entry["ppl"][ds] = res.to_json()
             log(f"  {label}: {ds} PPL {res.ppl:.3f} ({res.windows} windows of {res.seq_len})")
     if ev.zeroshot is not None:

@@ -86,9 +86,9 @@ def test_prune_save_reload_same_generation(model_type, tmp_path):
     assert reloaded.config.num_hidden_layers == 4
     ids = torch.tensor([[1, 40, 41, 42, 43]])
     assert torch.equal(_greedy(model, ids), _greedy(reloaded, ids))
-    with torch.no_grad():  # KV cache consistent with a full recompute
-        full = reloaded(_greedy(reloaded, ids)).logits
-    assert torch.isfinite(full).all()
+    nocache = reloaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                                do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(_greedy(reloaded, ids), nocache)  # the KV cache addresses the right layers
     info = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert info["removed_blocks"] == res.selection.removed and info["params_after"] == count_params(reloaded)
 
@@ -102,6 +102,25 @@ def test_layer_types_sliced_and_layer_idx_renumbered(tmp_path):
     assert [b.self_attn.layer_idx for b in get_blocks(model)] == [0, 1, 2, 3]
     assert [b.self_attn.is_sliding for b in get_blocks(model)] == [t == "sliding_attention" for t in
                                                                    model.config.layer_types]
+
+
+def test_per_layer_config_settings_follow_the_kept_blocks(tmp_path):
+    """Qwen 2 with sliding windows above max_window_layers: the lists are sliced, the count renumbered."""
+    model = tiny_model("qwen2", layers=6, use_sliding_window=True, sliding_window=4, max_window_layers=3)
+    types = list(model.config.layer_types)
+    assert types == ["full_attention"] * 3 + ["sliding_attention"] * 3
+    model.config.mlp_only_layers = [1, 4]  # an index list (as in Qwen-MoE configs)
+    scores = BlockScores("manual", [5, 0, 5, 5, 0, 5], [str(i) for i in range(6)])
+    prune_blocks(model, scores, Target(num_blocks=2))
+    assert model.config.layer_types == [types[i] for i in (0, 2, 3, 5)]
+    assert model.config.max_window_layers == 2 and model.config.mlp_only_layers == []
+    save_checkpoint(model, tiny_tokenizer(), tmp_path / "q", {})
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
+    assert reloaded.config.layer_types == model.config.layer_types
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 47, 48]])
+    nocache = reloaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                use_cache=False, pad_token_id=0)
+    assert torch.equal(_greedy(reloaded, ids, 10), nocache)
 
 
 def test_cached_generation_equals_no_cache_after_pruning():

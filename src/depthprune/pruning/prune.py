@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from depthprune.errors import DepthpruneError
-from depthprune.importance.base import BlockScores, model_fingerprint, resolve_criterion
+from depthprune.importance.base import PLUS_ALIASES, PLUS_PROTECT, BlockScores, model_fingerprint, resolve_criterion
 from depthprune.models.specs import num_blocks
 from depthprune.pruning.module_surgery import remove_modules
 from depthprune.pruning.params import candidate_params, count_params
@@ -46,7 +46,7 @@ def prune_blocks(model, scores: BlockScores, target: Target, protect: tuple[int,
     """
     check_scores_match(scores, model)
     if protect is None:
-        protect = resolve_protection(scores.criterion, None, None)
+        protect = PLUS_PROTECT if scores.criterion in PLUS_ALIASES else (0, 0)
     sel = select_blocks(scores, candidate_params(model, scores.unit), count_params(model), target, *protect)
     n_before = num_blocks(model)
     if scores.unit == "block":

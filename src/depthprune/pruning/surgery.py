@@ -1,11 +1,17 @@
 """Surgery: remove blocks so the model stays a stock, consistent transformers model.
 
-The block list shrinks, the config's block count and per-layer lists (``layer_types``...) are sliced,
-and every ``layer_idx`` is renumbered so the KV cache addresses the right layer.
+The block list shrinks, the config's block count is lowered, every ``layer_idx`` is renumbered so the KV
+cache addresses the right layer, and the config's per-layer settings follow, generically:
+
+- every list of scalars whose length is the block count is sliced (``layer_types``, ``no_rope_layers``, ...);
+  one not named in ``KNOWN_PER_LAYER`` or the architecture spec is sliced with a warning;
+- lists of block indices (``mlp_only_layers``, ...) keep the kept blocks' indices, renumbered;
+- ``max_window_layers`` (Qwen 2: blocks below it use full attention) becomes the count of kept blocks below it.
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,6 +19,14 @@ import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, spec_for
+
+log = logging.getLogger(__name__)
+
+KNOWN_PER_LAYER = ("layer_types", "no_rope_layers", "attention_chunk_sizes", "sliding_window_layers")
+INDEX_LISTS = ("mlp_only_layers", "full_attn_idxs", "swa_layers")
+COUNT_BELOW = ("max_window_layers",)
+NOT_PER_LAYER = ("architectures", "eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+                 "forced_decoder_ids", "label2id", "id2label")
 
 
 @dataclass
@@ -51,15 +65,34 @@ def remove_blocks(model, indices) -> _Undo:
     keep = [i for i in range(len(blocks)) if i not in drop]
     cfg = model.config
     saved = {spec.num_layers_key: getattr(cfg, spec.num_layers_key)}
-    for key in spec.per_layer_keys:
-        value = getattr(cfg, key, None)
-        if value is not None:
-            saved[key] = value
-            setattr(cfg, key, [value[i] for i in keep])
+    saved |= _update_layer_settings(cfg, len(blocks), keep, spec.per_layer_keys)
     setattr(cfg, spec.num_layers_key, len(keep))
     kept = [blocks[i] for i in keep]
     _set_blocks(model, kept)
     return _Undo(blocks, saved, _renumber(kept))
+
+
+def _update_layer_settings(cfg, n: int, keep: list[int], spec_keys: tuple[str, ...]) -> dict:
+    """Slice / renumber the config's per-layer settings for the blocks ``keep`` of ``n``; returns the old values."""
+    saved = {}
+    new_index = {old: new for new, old in enumerate(keep)}
+    for key, value in list(vars(cfg).items()):
+        if key.startswith("_") or key in NOT_PER_LAYER:
+            continue
+        if key in INDEX_LISTS and isinstance(value, (list, tuple)):
+            new = [new_index[i] for i in value if isinstance(i, int) and i in new_index]
+        elif key in COUNT_BELOW and isinstance(value, int) and not isinstance(value, bool):
+            new = sum(1 for i in keep if i < value)
+        elif (isinstance(value, (list, tuple)) and len(value) == n
+              and all(v is None or isinstance(v, (str, int, float, bool)) for v in value)):
+            if key not in KNOWN_PER_LAYER and key not in spec_keys:
+                log.warning("config.%s has one entry per block (%d); sliced it to the kept blocks", key, n)
+            new = [value[i] for i in keep]
+        else:
+            continue
+        saved[key] = value
+        setattr(cfg, key, type(value)(new) if isinstance(value, tuple) else new)
+    return saved
 
 
 def restore_blocks(model, undo: _Undo) -> None:

@@ -1,6 +1,7 @@
 """Module-level pruning (attention / MLP) and iterative (SLEB) selection."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -163,3 +164,55 @@ def test_cli_module_and_iterative(capsys, tiny_dirs, tmp_path):
     info = json.loads((tmp_path / "it" / "pruning.json").read_text())
     assert info["schedule"] == "iterative" and len(info["rounds"]) == 2
     assert "Removal order" in capsys.readouterr().out
+
+
+def test_block_pruning_a_module_pruned_model_renumbers_its_removed_modules(tmp_path):
+    model = tiny_model("llama")
+    remove_modules(model, ["1.attn", "3.mlp", "4.attn"])
+    expected_blocks = [0, 1, 3, 4, 5]  # original indices kept after also removing block 2
+    remove_blocks(model, [2])
+    assert model.config.depthprune_removed_modules == {"attn": [1, 3], "mlp": [2]}
+    out = greedy(model)
+    save_checkpoint(model, tiny_tokenizer(), tmp_path / "m", extra_files=remote_code_files(model))
+    assert torch.equal(greedy(load_model(str(tmp_path / "m"), device="cpu").model), out)
+    remove_blocks(model, [1])  # the block holding a skipped attention goes: its entry goes too
+    assert model.config.depthprune_removed_modules == {"attn": [2], "mlp": [1]}
+    assert len(expected_blocks) - 1 == model.config.num_hidden_layers
+
+
+def test_loading_a_module_pruned_checkpoint_reports_no_missing_weights(tmp_path):
+    import transformers
+
+    model = tiny_model("gemma3_text")
+    remove_modules(model, ["1.attn", "2.mlp"])
+    save_checkpoint(model, tiny_tokenizer(), tmp_path / "m", extra_files=remote_code_files(model))
+    old = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True)
+        load_model(str(tmp_path / "m"), device="cpu")
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+        transformers.logging.set_verbosity(old)
+    text = "\n".join(records)
+    assert "MISSING" not in text and "newly initialized" not in text, text
+
+
+def test_retraining_a_module_pruned_model_keeps_its_remote_code(tmp_path):
+    model = tiny_model("llama")
+    remove_modules(model, ["1.attn"])
+    save_checkpoint(model, tiny_tokenizer(), tmp_path / "m", extra_files=remote_code_files(model))
+    assert main(["retrain", "cpt", "--model", str(tmp_path / "m"), "--data", "wiki_sample", "--seq-len", "32",
+                 "--batch-size", "2", "--micro-batch-size", "2", "--max-steps", "1", "--save-every", "0",
+                 "--output", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert (tmp_path / "r" / "modeling_depthprune.py").is_file()
+    remote = AutoModelForCausalLM.from_pretrained(tmp_path / "r", trust_remote_code=True)
+    assert torch.equal(greedy(remote), greedy(load_model(str(tmp_path / "r"), device="cpu").model))

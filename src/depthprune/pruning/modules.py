@@ -9,6 +9,8 @@ rebuilds the model without depthprune installed. The checkpoint's config.json ca
 
 from __future__ import annotations
 
+import re
+
 import torch.nn as nn
 
 REMOVED_KEY = "depthprune_removed_modules"
@@ -89,6 +91,16 @@ def apply_removed_modules(model: nn.Module, removed: dict, spec: dict) -> None:
             skip_part(blocks[int(idx)], part, spec)
 
 
+def removed_key_patterns(removed: dict, spec: dict) -> list[str]:
+    """Regexes of the checkpoint keys of the removed modules (absent on purpose: not reported as missing)."""
+    out = []
+    for part, paths in (("attn", spec["attention"] + spec["attn_norms"]), ("mlp", spec["mlp"] + spec["mlp_norms"])):
+        for idx in removed.get(part, []):
+            for path in paths:
+                out.append(rf"{re.escape(spec['blocks'])}\.{int(idx)}\.{re.escape(path)}\.")
+    return out
+
+
 def make_pruned_class(base: type) -> type:
     """A subclass of ``base`` (a ``*ForCausalLM``) that skips the modules its config lists."""
 
@@ -99,9 +111,22 @@ def make_pruned_class(base: type) -> type:
 
         @classmethod
         def from_pretrained(cls, *args, **kwargs):
-            # load as the stock class (so transformers applies its checkpoint key mappings), then skip;
-            # the removed modules' weights are absent from the checkpoint and are dropped unused
-            model = base.from_pretrained(*args, **kwargs)
+            # load as the stock class (so transformers applies its checkpoint key mappings), then skip; the
+            # removed modules' weights are absent from the checkpoint on purpose, so they are not reported missing
+            config = kwargs.get("config")
+            if config is None:
+                config = base.config_class.from_pretrained(*args[:1], **{k: v for k, v in kwargs.items()
+                                                                         if k in ("cache_dir", "revision")})
+            patterns = removed_key_patterns(getattr(config, REMOVED_KEY, {}) or {}, getattr(config, SPEC_KEY))
+            old = base.__dict__.get("_keys_to_ignore_on_load_missing", None)
+            base._keys_to_ignore_on_load_missing = list(old or []) + patterns
+            try:
+                model = base.from_pretrained(*args, **kwargs)
+            finally:
+                if old is None:
+                    del base._keys_to_ignore_on_load_missing
+                else:
+                    base._keys_to_ignore_on_load_missing = old
             apply_removed_modules(model, getattr(model.config, REMOVED_KEY, {}) or {}, getattr(model.config, SPEC_KEY))
             return model
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, spec_for
+from depthprune.pruning.modules import REMOVED_KEY, SPEC_KEY
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,17 @@ def _update_layer_settings(cfg, n: int, keep: list[int], spec_keys: tuple[str, .
     for key, value in list(vars(cfg).items()):
         if key.startswith("_") or key in NOT_PER_LAYER:
             continue
+        if key == REMOVED_KEY and isinstance(value, dict):  # a module-pruned model: {"attn": [i], "mlp": [j]}
+            new = {part: [new_index[i] for i in idxs if i in new_index] for part, idxs in value.items()}
+            saved[key] = value
+            if any(new.values()):
+                setattr(cfg, key, new)
+            else:  # no skipped module left: the model is a plain block-pruned one again
+                delattr(cfg, key)
+                saved[SPEC_KEY] = getattr(cfg, SPEC_KEY, None)
+                if hasattr(cfg, SPEC_KEY):
+                    delattr(cfg, SPEC_KEY)
+            continue
         if key in INDEX_LISTS and isinstance(value, (list, tuple)):
             new = [new_index[i] for i in value if isinstance(i, int) and i in new_index]
         elif key in COUNT_BELOW and isinstance(value, int) and not isinstance(value, bool):
@@ -97,7 +109,8 @@ def _update_layer_settings(cfg, n: int, keep: list[int], spec_keys: tuple[str, .
 
 def restore_blocks(model, undo: _Undo) -> None:
     for key, value in undo.config.items():
-        setattr(model.config, key, value)
+        if value is not None:
+            setattr(model.config, key, value)
     _set_blocks(model, undo.blocks)
     _renumber(undo.blocks)
 

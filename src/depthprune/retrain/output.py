@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from depthprune.errors import DepthpruneError
+from depthprune.pruning.module_surgery import REMOTE_CODE_FILE
 from depthprune.pruning.save import PRUNING_FILE, library_versions
 
 RETRAIN_FILE = "retrain.json"
@@ -55,8 +56,9 @@ def write_final(output: str | os.PathLike, writer: Callable[[Path], None], model
     try:
         writer(tmp)
         src = source_dir(model_src)
-        if src is not None and (src / PRUNING_FILE).is_file():
-            shutil.copy2(src / PRUNING_FILE, tmp / PRUNING_FILE)
+        for name in (PRUNING_FILE, REMOTE_CODE_FILE):  # the pruning record; a module-pruned model's code
+            if src is not None and (src / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(src / name, tmp / name)
         (tmp / RETRAIN_FILE).write_text(json.dumps(info | {"versions": versions()}, indent=2) + "\n")
         stale = out / RETRAIN_FILE
         stale.unlink(missing_ok=True)

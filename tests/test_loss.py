@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from depthprune.evaluation import loss as loss_mod
-from depthprune.evaluation.loss import chunked_nll
+from depthprune.core import loss as loss_mod
+from depthprune.core.loss import chunked_nll
 
 
 def _fake_model(head: torch.nn.Module, softcap: float | None):

@@ -48,7 +48,7 @@ def test_ppl_prefix_cache_equals_naive(model_type):
 
 def test_taylor_matches_full_gradient():
     """Freed-as-they-arrive gradients give the same scores as a plain full backward."""
-    from depthprune.evaluation.loss import sequence_nll
+    from depthprune.core.loss import sequence_nll
 
     model = tiny_model("llama")
     cal = calib()

@@ -66,7 +66,7 @@ def parse_int_list(name: str, text: str) -> list[int]:
 
 
 def environment() -> dict:
-    from depthprune.pruning.save import library_versions
+    from depthprune.core.versions import library_versions
 
     env = library_versions() | {"python": platform.python_version(), "platform": platform.platform(),
                                 "cpu": platform.processor() or platform.machine(),

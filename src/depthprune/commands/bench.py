@@ -46,8 +46,9 @@ def run(args) -> int:
     import torch
 
     from depthprune.bench import BenchOptions, markdown_report, markdown_table, parse_int_list, run_benchmark
-    from depthprune.bench.report import plot_latency_throughput, write_text_atomic
-    from depthprune.commands.common import positive_int, write_json_atomic
+    from depthprune.bench.report import plot_latency_throughput
+    from depthprune.commands.common import positive_int
+    from depthprune.core.io import write_json_atomic, write_text_atomic
 
     opts = BenchOptions(parse_int_list("--batch-sizes", args.batch_sizes),
                         parse_int_list("--output-lengths", args.output_lengths),

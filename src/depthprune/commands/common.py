@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-from pathlib import Path
 
 from depthprune.errors import DepthpruneError
 from depthprune.models.loading import DEVICE_HELP, DEVICES
@@ -32,18 +28,3 @@ def positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
         return
     if value is None or value < 1:
         raise DepthpruneError(f"{name} must be a positive integer, got {value}")
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON to ``path`` through a temporary file in the same directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

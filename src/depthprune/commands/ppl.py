@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from depthprune.commands.common import add_model_args, load_from_args, positive_int, write_json_atomic
+from depthprune.commands.common import add_model_args, load_from_args, positive_int
+from depthprune.core.io import write_json_atomic
 from depthprune.data.tokens import BOS_MODES, check_seq_len
 
 

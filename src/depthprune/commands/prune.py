@@ -31,12 +31,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from depthprune.core.versions import library_versions
     from depthprune.errors import DepthpruneError
     from depthprune.evaluation import evaluate_perplexity
     from depthprune.importance import BlockScores, resolve_criterion
     from depthprune.pruning import Target, prune_blocks, resolve_protection
     from depthprune.pruning.module_surgery import remote_code_files
-    from depthprune.pruning.save import check_output_dir, library_versions, save_checkpoint
+    from depthprune.pruning.save import check_output_dir, save_checkpoint
     from depthprune.report.plots import plot_block_scores
 
     if args.method == "width":

@@ -23,11 +23,12 @@ def add_width_args(p) -> None:
 def run_width(args) -> int:
     from depthprune.commands.common import load_from_args, positive_int
     from depthprune.commands.score import build_calibration_from_args
+    from depthprune.core.versions import library_versions
     from depthprune.data.tokens import check_seq_len
     from depthprune.errors import DepthpruneError
     from depthprune.evaluation import evaluate_perplexity
     from depthprune.pruning import Target, save_checkpoint
-    from depthprune.pruning.save import check_output_dir, library_versions
+    from depthprune.pruning.save import check_output_dir
     from depthprune.pruning.width import plan_width, prune_width, score_width
     from depthprune.pruning.width_scores import check_width_criterion
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from depthprune.commands.common import add_model_args, load_from_args, positive_int, write_json_atomic
+from depthprune.commands.common import add_model_args, load_from_args, positive_int
+from depthprune.core.io import write_json_atomic
 
 
 def register(sub) -> None:

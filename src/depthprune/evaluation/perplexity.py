@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from depthprune.core.loss import sequence_nll
 from depthprune.data.sources import load_text
 from depthprune.data.tokens import bos_id, bos_windows, effective_bos_mode, tokenize
 from depthprune.errors import DepthpruneError
-from depthprune.evaluation.loss import sequence_nll
 from depthprune.models.loading import input_device
 
 

@@ -35,7 +35,7 @@ class BlockScores:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        from depthprune.commands.common import write_json_atomic
+        from depthprune.core.io import write_json_atomic
 
         write_json_atomic(path, self.to_json())
 

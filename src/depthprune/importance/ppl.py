@@ -12,9 +12,9 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from depthprune.evaluation.loss import chunked_nll, sequence_nll, shifted_labels
+from depthprune.core.loss import chunked_nll, sequence_nll, shifted_labels
+from depthprune.core.trace import Trace, run_block, run_tail, trace_blocks
 from depthprune.importance.base import register
-from depthprune.importance.runner import Trace, run_block, run_tail, trace_blocks
 from depthprune.models.loading import input_device
 from depthprune.models.specs import num_blocks
 

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from depthprune.core.trace import run_block, trace_blocks
 from depthprune.importance.base import register
-from depthprune.importance.runner import run_block, trace_blocks
 from depthprune.models.loading import input_device
 from depthprune.models.specs import num_blocks
 

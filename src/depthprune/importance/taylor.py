@@ -25,8 +25,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from depthprune.core.loss import chunked_nll, final_hidden, shifted_labels
 from depthprune.errors import DepthpruneError
-from depthprune.evaluation.loss import chunked_nll, final_hidden, shifted_labels
 from depthprune.importance.base import register
 from depthprune.importance.weights import candidate_weights
 from depthprune.models.loading import input_device

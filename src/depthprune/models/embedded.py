@@ -7,12 +7,11 @@ loads take seconds. The cache lives in ``$DEPTHPRUNE_CACHE`` or ``~/.cache/depth
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from depthprune.core.io import staged_dir
 from depthprune.errors import DepthpruneError
 
 EMBEDDED_ALIASES = ("gemma-3-270m", "embedded", "default")
@@ -41,17 +40,7 @@ def embedded_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     gguf_path = Path(assemble())
     print(f"Converting {gguf_path.name} to a float32 HF checkpoint in {target} (once)...", flush=True)
     loaded = load_gguf(gguf_path, dict(dtype=torch.float32), source=EMBEDDED_NAME)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
-    try:
+    with staged_dir(target) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
-        if (target / "config.json").is_file():  # another process won the race
-            shutil.rmtree(tmp)
-        else:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -195,7 +195,7 @@ def load_module_pruned(path: Path, config, kwargs: dict) -> PreTrainedModel:
     """Rebuild a module-pruned checkpoint: the stock class with the listed attention/MLP modules skipped."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    from depthprune.pruning.modules import make_pruned_class
+    from depthprune.core.skip import make_pruned_class
 
     removed = config.depthprune_removed_modules
     n = getattr(config, get_spec(config.model_type).num_layers_key)

@@ -79,7 +79,7 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _write_yaml(path: Path, data: dict) -> None:
-    from depthprune.bench.report import write_text_atomic
+    from depthprune.core.io import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 

@@ -46,7 +46,7 @@ class StageLog:
         return self.stages.get(stage_id)
 
     def save(self) -> None:
-        from depthprune.commands.common import write_json_atomic
+        from depthprune.core.io import write_json_atomic
 
         write_json_atomic(self.path, self.data)
 

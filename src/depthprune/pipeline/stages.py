@@ -119,8 +119,8 @@ def run_score(c: ExperimentConfig, out: Path, ctx: StageContext, stage: Stage) -
 
 
 def run_prune(c: ExperimentConfig, t: TargetSpec, scores_path: Path | None, out: Path, extra: dict) -> None:
+    from depthprune.core.versions import library_versions
     from depthprune.pruning import Target, prune_blocks, save_checkpoint
-    from depthprune.pruning.save import library_versions
 
     p = c.prune
     target = Target(**t.as_dict())
@@ -224,8 +224,8 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
 
 
 def run_eval(c: ExperimentConfig, models: list[tuple[str, Path | str]], out: Path, extra: dict) -> None:
-    from depthprune.commands.common import write_json_atomic
-    from depthprune.pruning.save import library_versions
+    from depthprune.core.io import write_json_atomic
+    from depthprune.core.versions import library_versions
 
     results = [evaluate_model(c, label, src) for label, src in models]
     write_json_atomic(out, {"experiment": extra, "final": models[-1][0], "results": results,
@@ -237,7 +237,7 @@ def run_bench(c: ExperimentConfig, models: list[tuple[str, str]], out: Path) -> 
     import torch
 
     from depthprune.bench import BenchOptions, run_benchmark
-    from depthprune.commands.common import write_json_atomic
+    from depthprune.core.io import write_json_atomic
 
     b = c.bench
     opts = BenchOptions(list(b.batch_sizes), list(b.output_lengths), b.input_tokens, b.warmup, b.runs,

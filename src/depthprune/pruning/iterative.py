@@ -11,10 +11,10 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from depthprune.core.trace import run_block
 from depthprune.errors import DepthpruneError
 from depthprune.importance.base import BlockScores, model_fingerprint, resolve_criterion, score_model
 from depthprune.importance.ppl import calibration_traces, ppl_from_traces
-from depthprune.importance.runner import run_block
 from depthprune.models.specs import num_blocks
 from depthprune.pruning.params import block_params, count_params
 from depthprune.pruning.prune import PruneResult

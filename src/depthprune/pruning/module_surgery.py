@@ -9,10 +9,10 @@ import inspect
 from contextlib import contextmanager
 from dataclasses import asdict
 
+from depthprune.core import skip as module_file
+from depthprune.core.skip import REMOVED_KEY, SPEC_KEY, restore_parts, skip_part
 from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, spec_for
-from depthprune.pruning import modules as module_file
-from depthprune.pruning.modules import REMOVED_KEY, SPEC_KEY, restore_parts, skip_part
 from depthprune.pruning.surgery import remove_blocks
 
 REMOTE_CODE_FILE = "modeling_depthprune.py"

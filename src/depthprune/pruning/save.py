@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from depthprune.core.io import staged_dir
 from depthprune.errors import DepthpruneError
 
 PRUNING_FILE = "pruning.json"
@@ -21,24 +20,12 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Path
     return out
 
 
-def library_versions() -> dict:
-    import torch
-    import transformers
-
-    import depthprune
-
-    return {"depthprune": depthprune.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__}
-
-
 def save_checkpoint(model, tokenizer, output: str | os.PathLike, extra: dict | None = None,
                     overwrite: bool = False, extra_name: str = PRUNING_FILE,
                     extra_files: dict[str, str] | None = None) -> Path:
     """``save_pretrained`` model and tokenizer (+ ``extra`` as JSON, + text files) into ``output``, all or nothing."""
     out = check_output_dir(output, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -46,14 +33,4 @@ def save_checkpoint(model, tokenizer, output: str | os.PathLike, extra: dict | N
             (tmp / extra_name).write_text(json.dumps(extra, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from depthprune.core.skip import REMOVED_KEY, SPEC_KEY
 from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, spec_for
-from depthprune.pruning.modules import REMOVED_KEY, SPEC_KEY
 
 log = logging.getLogger(__name__)
 

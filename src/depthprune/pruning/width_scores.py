@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from depthprune.core.loss import final_hidden
 from depthprune.errors import DepthpruneError
-from depthprune.evaluation.loss import final_hidden
 from depthprune.importance.taylor import stream_grad_products
 from depthprune.models.loading import input_device
 from depthprune.models.specs import get_blocks

@@ -83,18 +83,6 @@ def load_trainable(model: torch.nn.Module, path: Path) -> None:
             p.copy_(state[name].to(p.device, p.dtype))
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished ``tmp`` directory to ``final``, replacing an older one."""
-    if final.exists():
-        trash = final.with_name(f".old-{final.name}")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def prune_old(output: str | os.PathLike, keep: int) -> None:
     if keep < 1:
         return

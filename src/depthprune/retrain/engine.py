@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -24,8 +23,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from depthprune.core.io import remove_tree, replace_dir
+from depthprune.core.loss import chunked_nll
 from depthprune.errors import DepthpruneError
-from depthprune.evaluation.loss import chunked_nll
 from depthprune.retrain.checkpoint import (
     STATE_FILE,
     TRAINABLE_FILE,
@@ -35,7 +35,6 @@ from depthprune.retrain.checkpoint import (
     load_trainable,
     prune_old,
     read_state,
-    replace_dir,
     rng_restore,
     rng_snapshot,
     save_trainable,
@@ -122,9 +121,7 @@ class Trainer:
     def _init_output(self) -> None:
         if self.acc.is_main_process and not self.cfg.resume:
             if self.out.exists() and self.cfg.overwrite:
-                trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-                os.replace(self.out, trash / "old")
-                shutil.rmtree(trash, ignore_errors=True)
+                remove_tree(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
 

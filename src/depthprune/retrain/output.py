@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+from depthprune.core.versions import library_versions
 from depthprune.errors import DepthpruneError
 from depthprune.pruning.module_surgery import REMOTE_CODE_FILE
-from depthprune.pruning.save import PRUNING_FILE, library_versions
+from depthprune.pruning.save import PRUNING_FILE
 
 RETRAIN_FILE = "retrain.json"
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,10 +39,7 @@ def cast_for_save(model: torch.nn.Module, name: str) -> torch.nn.Module:
 
 
 def versions() -> dict:
-    import accelerate
-    import peft
-
-    return library_versions() | {"accelerate": accelerate.__version__, "peft": peft.__version__}
+    return library_versions("accelerate", "peft")
 
 
 def write_final(output: str | os.PathLike, writer: Callable[[Path], None], model_src: str | None,

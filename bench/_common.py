@@ -24,8 +24,7 @@ class PaperSetup:
 
     def __init__(self):
         from depthprune.data import CalibrationSpec, build_calibration
-        from depthprune.models import load_model
-        from depthprune.pruning import block_params, count_params
+        from depthprune.models import block_params, count_params, load_model
 
         lm = load_model("gemma-3-270m", dtype="float32", device="cpu")
         self.model, self.tokenizer = lm.model, lm.tokenizer

@@ -17,8 +17,8 @@ import time
 from _common import RESULTS, PaperSetup
 
 from depthprune.importance import score_model
+from depthprune.importance.plot import plot_block_scores
 from depthprune.pruning import Target, blocks_removed, resolve_protection, select_blocks
-from depthprune.report.plots import plot_block_scores
 
 CRITERIA = ["magnitude", "magnitude+", "taylor", "taylor+", "ppl", "block_influence", "angular"]
 LEVELS = [2, 4, 6]

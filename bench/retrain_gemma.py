@@ -32,8 +32,10 @@ from _common import RESULTS, SEQ_LEN, WINDOWS  # noqa: E402
 
 from depthprune.cli import main as cli  # noqa: E402
 from depthprune.evaluation.perplexity import perplexity_of_windows, windows_for  # noqa: E402
-from depthprune.models import load_model  # noqa: E402
-from depthprune.pruning import count_params  # noqa: E402
+from depthprune.models import (
+    count_params,  # noqa: E402
+    load_model,  # noqa: E402
+)
 
 
 def parse_args() -> argparse.Namespace:

@@ -19,10 +19,11 @@ from contextlib import ExitStack
 from _common import RESULTS, PaperSetup
 
 from depthprune.importance import score_model
+from depthprune.models.params import candidate_params
+from depthprune.models.skipping import module_skipped
 from depthprune.pruning import Target, blocks_removed, select_blocks
 from depthprune.pruning.iterative import iterative_prune
-from depthprune.pruning.module_surgery import module_skipped, parse_label
-from depthprune.pruning.params import candidate_params
+from depthprune.pruning.module_surgery import parse_label
 
 LEVELS = [2, 4, 6]
 

@@ -4,7 +4,7 @@ At the parameter counts of K = 4 and 6 blocks removed by depth pruning, compares
 ppl) with the width baselines (wanda-sp, taylor-sp: fewer heads / MLP channels in every block, --round-to 8,
 target = the depth-pruned model's exact parameter count). Reports parameters, WikiText-2 and PTB perplexity
 on the first 200 windows of 128 tokens, and batch-1 latency / throughput (12 input tokens, L = 128 new
-tokens, greedy, 10 warm-up runs then the mean of 20; depthprune.bench.measure_setting).
+tokens, greedy, 10 warm-up runs then the mean of 20; depthprune.speed.measure_setting).
 Calibration: War and Peace, 10 x 128 tokens, seed 0 (as bench/criteria_table.py, whose PPL cache it shares
 when run with the default 200 windows). Writes <results-dir>/width_vs_depth_gemma3_270m.md and .json.
 Resumable for perplexities; latencies are measured again on every run.
@@ -27,11 +27,11 @@ from pathlib import Path
 
 from _common import RESULTS, WINDOWS, PPLCache, paper_windows
 
-from depthprune.bench import make_prompt, measure_setting
+from depthprune.speed import make_prompt, measure_setting
 from depthprune.data import CalibrationSpec, build_calibration
 from depthprune.importance import score_model
-from depthprune.models import load_model
-from depthprune.pruning import Target, block_params, blocks_removed, count_params, resolve_protection, select_blocks
+from depthprune.models import block_params, count_params, load_model
+from depthprune.pruning import Target, blocks_removed, resolve_protection, select_blocks
 from depthprune.pruning.width import plan_width, prune_width, score_width
 
 DEPTH = ["taylor+", "ppl"]
@@ -76,7 +76,7 @@ def _check_rebuilt(model, row: dict, path: Path) -> None:
 
 def speed_only(args) -> int:
     """Fill in the latency/throughput of the rows of an earlier run, rebuilding each model from its JSON."""
-    from depthprune.pruning.width_scores import model_dims
+    from depthprune.models.width_layout import model_dims
     from depthprune.pruning.width_surgery import BlockKeep, apply_width
 
     path = args.results_dir / "width_vs_depth_gemma3_270m.json"

@@ -10,8 +10,12 @@ import torch
 from tiny import tiny_config, tiny_model, tiny_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import depthprune.bench.measure as measure
-from depthprune.bench import (
+import depthprune.speed.measure as measure
+from depthprune.cli import main
+from depthprune.errors import DepthpruneError
+from depthprune.models.options import ModelOptions
+from depthprune.pruning import remove_blocks
+from depthprune.speed import (
     BenchOptions,
     attention_flops_per_token,
     cost_model,
@@ -22,9 +26,6 @@ from depthprune.bench import (
     parse_int_list,
     run_benchmark,
 )
-from depthprune.cli import main
-from depthprune.errors import DepthpruneError
-from depthprune.pruning import remove_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA_7B = REPO / "bench" / "configs" / "llama-7b.json"
@@ -194,8 +195,8 @@ def test_config_source_random_weights(tmp_path):
     cfg = tiny_config("llama", 6)
     cfg.save_pretrained(tmp_path)
     src = f"config:{tmp_path / 'config.json'},num_hidden_layers=2"
-    opts = BenchOptions([1], [3], input_tokens=5, warmup=0, runs=1, device="cpu")
-    res = run_benchmark([src], opts, log=lambda s: None)
+    opts = BenchOptions(batch_sizes=[1], output_lengths=[3], input_tokens=5, warmup=0, runs=1)
+    res = run_benchmark([src], opts, ModelOptions(device="cpu"), log=lambda s: None)
     (m,) = res["models"]
     assert m["random_weights"] and m["label"] == f"{tmp_path.name} (random, 2 blocks)"
     assert m["num_blocks"] == 2 and m["dtype"] == "torch.float32"
@@ -212,13 +213,13 @@ def test_parse_int_list():
 @pytest.mark.parametrize("extra, message", [
     (["--batch-sizes", "0"], "--batch-sizes must be positive"),
     (["--output-lengths", "-5"], "--output-lengths must be positive"),
-    (["--runs", "0"], "--runs must be an integer >= 1"),
-    (["--warmup", "-1"], "--warmup must be an integer >= 0"),
-    (["--input-tokens", "0"], "--input-tokens must be an integer >= 1"),
+    (["--runs", "0"], "--runs must be >= 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--input-tokens", "0"], "--input-tokens must be >= 1, got 0"),
     (["--batch-sizes", "1,x"], "'x' is not an integer"),
     (["--output-lengths", "2.5"], "'2.5' is not an integer"),
     (["--batch-sizes", ""], "--batch-sizes is empty"),
-    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--plot", "out.txt"], "--plot out.txt: use one of the suffixes"),
     (["--model", "config:/no/such/config.json"], "no such config file"),
     (["--model", "./no/such/dir"], "no such file or directory"),

@@ -40,7 +40,7 @@ def assert_user_error(code, err, pattern):
         (["prune", "--model", "{tiny}", "--criterion", "magnitude", "--num-blocks", "9", "--output", "{out}",
           "--eval-windows", "0"], "exceeds the 6 removable"),
         (["prune", "--model", "{tiny}", "--criterion", "magnitude", "--ratio", "1.5", "--output", "{out}"],
-         "--ratio must lie in"),
+         r"--ratio must be in \(0, 1\)"),
         (["prune", "--model", "{tiny}", "--criterion", "magnitude", "--num-blocks", "1", "--protect-first", "4",
           "--protect-last", "3", "--output", "{out}", "--eval-windows", "0"], "nothing left to remove"),
         (["prune", "--model", "{tiny}", "--criterion", "magnitude", "--num-blocks", "1", "--output", "{full}"],

@@ -68,7 +68,7 @@ def test_offline_hub_id_names_the_id(monkeypatch):
 
 
 def test_device_policy_keeps_a_model_that_fits_on_one_gpu():
-    from depthprune.models.loading import plan_device_map
+    from depthprune.models.placement import plan_device_map
 
     gib = 2**30
     assert plan_device_map("auto", 1 * gib, []) is None  # no GPU: the CPU
@@ -88,8 +88,8 @@ def test_device_policy_keeps_a_model_that_fits_on_one_gpu():
 def test_model_bytes_estimate_matches_the_real_model():
     from tiny import tiny_config, tiny_model
 
-    from depthprune.models.loading import estimate_model_bytes
-    from depthprune.pruning import count_params
+    from depthprune.models import count_params
+    from depthprune.models.placement import estimate_model_bytes
 
     for mt in ("llama", "gemma3_text"):
         n = count_params(tiny_model(mt))

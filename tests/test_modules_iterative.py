@@ -135,7 +135,7 @@ def test_angular_cannot_score_modules(capsys, tiny_dirs, tmp_path):
         score_model(tiny_model("llama"), "angular", calib(), unit="module")
     code = main(["prune", "--model", str(tiny_dirs["llama"]), "--criterion", "angular", "--unit", "module",
                  "--num-blocks", "2", "--output", str(tmp_path / "o"), "--eval-windows", "0"])
-    assert code == 2 and "cannot score --unit module" in capsys.readouterr().err
+    assert code == 2 and "--unit criterion 'angular' cannot score unit 'module'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -11,8 +11,8 @@ from depthprune.data import CalibrationSpec, build_calibration
 from depthprune.errors import DepthpruneError
 from depthprune.importance import CRITERIA, score_model
 from depthprune.importance.base import BlockScores
-from depthprune.models import get_blocks
-from depthprune.pruning import Target, count_params, prune_blocks, save_checkpoint, select_blocks
+from depthprune.models import count_params, get_blocks
+from depthprune.pruning import Target, prune_blocks, save_checkpoint, select_blocks
 
 ALL_CRITERIA = ["magnitude", "magnitude+", "taylor", "taylor+", "ppl", "block_influence", "angular"]
 

@@ -19,7 +19,8 @@ from tiny import SAMPLE_TEXT, save_tiny
 from depthprune.cli import main
 from depthprune.errors import DepthpruneError
 from depthprune.retrain import engine
-from depthprune.retrain.config import TrainConfig
+from depthprune.core.options import build
+from depthprune.retrain.options import TrainOptions
 from depthprune.retrain.data import IGNORE, instruction_dataset, load_instructions
 from depthprune.retrain.plan import DataPlan
 
@@ -220,7 +221,7 @@ def test_data_plan_and_alpaca_masking(files):
     with pytest.raises(DepthpruneError, match="fewer than one batch"):
         DataPlan(ds, batch_size=1000, seed=0)
     with pytest.raises(DepthpruneError, match="--lr"):
-        TrainConfig(output="x", lr=float("nan")).validate()
+        build(TrainOptions, {"output": "x", "lr": float("nan")}, flags=True)
 
 
 def test_accelerate_configs_parse():

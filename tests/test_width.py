@@ -10,10 +10,12 @@ from transformers import AutoModelForCausalLM
 
 from depthprune.data.calibration import Calibration, CalibrationSpec
 from depthprune.errors import DepthpruneError
+from depthprune.importance.width import WidthScores
+from depthprune.models import block_params, count_params
 from depthprune.models.specs import get_blocks
-from depthprune.pruning import PRUNING_FILE, Target, block_params, count_params, save_checkpoint
+from depthprune.models.width_layout import layout, model_dims
+from depthprune.pruning import PRUNING_FILE, Target, save_checkpoint
 from depthprune.pruning.width import Dims, head_shapes, plan_width, prune_width, score_width
-from depthprune.pruning.width_scores import WidthScores, layout, model_dims
 from depthprune.pruning.width_surgery import apply_width, select_units
 
 PROMPT = torch.tensor([[1, 17, 42, 99, 5, 230, 64]])
@@ -183,26 +185,12 @@ def test_bad_width_targets_are_clear_errors(kwargs, pattern):
 def test_unsupported_family_and_criterion():
     with pytest.raises(DepthpruneError, match="width pruning does not support model_type 'opt'"):
         plan_width(tiny_model("opt", layers=2), Target(ratio=0.2))
-    with pytest.raises(DepthpruneError, match="not a width criterion"):
+    with pytest.raises(DepthpruneError, match="is a depth criterion; with method width choose one of"):
         score_width(tiny_model("llama", layers=2), "ppl", calib())
-
-
-def _prune_parser():
-    from depthprune.cli import build_parser
-    from depthprune.commands.prune_width import add_width_args
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    prune = sub.choices["prune"]
-    wired = any("--method" in a.option_strings for a in prune._actions)
-    if not wired:
-        add_width_args(prune)
-    return parser, wired
 
 
 def test_cli_width_prune(tmp_path, capsys, monkeypatch):
     from depthprune.cli import main
-    from depthprune.commands.prune_width import run_width
 
     (tmp_path / "data" / "wikitext2").mkdir(parents=True)  # a short stand-in WikiText-2: fast PPL preview
     (tmp_path / "data" / "wikitext2" / "wiki.test.raw").write_text(SAMPLE_TEXT)
@@ -211,9 +199,7 @@ def test_cli_width_prune(tmp_path, capsys, monkeypatch):
     argv = ["prune", "--model", str(src), "--method", "width", "--criterion", "wanda-sp", "--num-blocks", "1",
             "--round-to", "8", "--calib", "self", "--calib-samples", "3", "--calib-seq-len", "16",
             "--eval-windows", "2", "--output", str(tmp_path / "out")]
-    parser, wired = _prune_parser()
-    code = main(argv) if wired else run_width(parser.parse_args(argv))
-    assert code == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Parameters:" in out and "WikiText-2 PPL" in out
     info = json.loads((tmp_path / "out" / PRUNING_FILE).read_text())
@@ -223,8 +209,8 @@ def test_cli_width_prune(tmp_path, capsys, monkeypatch):
     assert count_params(reloaded) == info["params_after"]
     bad = argv[:-1] + [str(tmp_path / "bad")]
     bad[bad.index("wanda-sp")] = "ppl"
-    with pytest.raises(DepthpruneError, match="not a width criterion"):
-        run_width(parser.parse_args(bad))
+    assert main(bad) == 2
+    assert "is a depth criterion; with method width" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
@@ -254,7 +240,7 @@ def test_embedded_gemma_width_prune(tmp_path):
 
 
 def test_wanda_scope_out_is_reference_and_all_adds_rows():
-    from depthprune.pruning.width_scores import wanda_sp
+    from depthprune.importance.width import wanda_sp
 
     model, ids = tiny_model("qwen2", layers=2), calib().input_ids
     out, full = wanda_sp(model, ids), wanda_sp(model, ids, scope="all")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from depthprune.core.io import write_json_atomic, write_text_atomic
+from depthprune.core.options import add_options, build, given_options
 from depthprune.errors import DepthpruneError
-from depthprune.models.loading import DEVICE_HELP, DEVICES
+from depthprune.models.options import ModelOptions
+from depthprune.speed.options import BenchOptions
+from depthprune.speed.report import PLOT_SUFFIXES, markdown_report, markdown_table, plot_latency_throughput
+from depthprune.speed.runner import check_source, run_benchmark
 
 
 def register(sub) -> None:
@@ -13,18 +18,10 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--model", action="append", required=True,
                    help="repeatable; local HF directory, .gguf, hub id, 'gemma-3-270m', or config:PATH[,key=value...] "
-                        "(random weights from a config.json, e.g. config:bench/configs/llama-7b.json,"
+                        "(random weights from a config.json, e.g. config:experiments/configs/llama-7b.json,"
                         "num_hidden_layers=24). The first model is the baseline for speedups")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (auto: float32 on CPU, the checkpoint's/config's dtype on GPU)")
-    p.add_argument("--device", default="auto", choices=list(DEVICES), help=DEVICE_HELP)
-    p.add_argument("--cache-dir", default=None, help="where the embedded model's HF checkpoint is cached")
-    p.add_argument("--batch-sizes", default="1,4,16", help="batch sizes M, comma-separated (default 1,4,16)")
-    p.add_argument("--output-lengths", default="128,512", help="output lengths L, comma-separated (default 128,512)")
-    p.add_argument("--input-tokens", type=int, default=12, help="prompt length (default 12)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs per setting (default 10)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per setting (default 20)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    add_options(p, ModelOptions, exclude=("source",))
+    add_options(p, BenchOptions)
     p.add_argument("--json", default=None, help="write every setting with raw per-run latencies here "
                                                 "(rewritten after each model, so a stopped run keeps its results)")
     p.add_argument("--plot", default=None, help="latency-vs-throughput plot (.png/.pdf/.svg)")
@@ -36,34 +33,22 @@ def _check_outputs(args) -> None:
     for flag, value in (("--json", args.json), ("--plot", args.plot), ("--markdown", args.markdown)):
         if value is not None and Path(value).is_dir():
             raise DepthpruneError(f"{flag} {value} is a directory; give a file path")
-    from depthprune.bench.report import PLOT_SUFFIXES
-
     if args.plot is not None and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
         raise DepthpruneError(f"--plot {args.plot}: use one of the suffixes {', '.join(PLOT_SUFFIXES)}")
 
 
 def run(args) -> int:
-    import torch
-
-    from depthprune.bench import BenchOptions, markdown_report, markdown_table, parse_int_list, run_benchmark
-    from depthprune.bench.report import plot_latency_throughput
-    from depthprune.commands.common import positive_int
-    from depthprune.core.io import write_json_atomic, write_text_atomic
-
-    opts = BenchOptions(parse_int_list("--batch-sizes", args.batch_sizes),
-                        parse_int_list("--output-lengths", args.output_lengths),
-                        args.input_tokens, args.warmup, args.runs, args.dtype, args.device, args.cache_dir)
-    opts.validate()
-    positive_int("--threads", args.threads)
+    opts = build(BenchOptions, given_options(args, BenchOptions), flags=True)
+    load = build(ModelOptions, given_options(args, ModelOptions), flags=True)
     _check_outputs(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    for src in args.model:
+        check_source(src)
 
     def save_partial(result: dict) -> None:
         if args.json:
             write_json_atomic(args.json, result)
 
-    result = run_benchmark(args.model, opts, on_model_done=save_partial, log=lambda s: print(s, flush=True))
+    result = run_benchmark(args.model, opts, load, on_model_done=save_partial, log=lambda s: print(s, flush=True))
     save_partial(result)
     print()
     print(markdown_table(result))

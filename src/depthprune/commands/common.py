@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from depthprune.core.options import add_options, parse_options
 from depthprune.errors import DepthpruneError
-from depthprune.models.loading import DEVICE_HELP, DEVICES
+from depthprune.models.loading import LoadedModel, load_model
+from depthprune.models.options import ModelOptions
 
 
-def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--model", default=None if not required else argparse.SUPPRESS, required=required,
-                   help="local HF directory, .gguf file, hub id, or 'gemma-3-270m' (the embedded default)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (auto: float32 on CPU, the checkpoint's dtype on GPU)")
-    p.add_argument("--device", default="auto", choices=list(DEVICES), help=DEVICE_HELP)
-    p.add_argument("--cache-dir", default=None, help="where the embedded model's HF checkpoint is cached")
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    add_options(p, ModelOptions)
 
 
-def load_from_args(args):
-    from depthprune.models import load_model
+def model_options(args) -> ModelOptions:
+    return parse_options(ModelOptions, args)
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
+
+def load_from_args(args) -> LoadedModel:
+    m = model_options(args)
+    return load_model(m.source, dtype=m.dtype, device=m.device, cache_dir=m.cache_dir)
 
 
 def positive_int(name: str, value: int | None, allow_none: bool = True) -> None:

@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
+from pydantic import ConfigDict, Field
 
+from depthprune.core.options import Options, build
 from depthprune.data.sources import load_text
 from depthprune.data.tokens import bos_id, sample_windows, tokenize, with_bos
-from depthprune.errors import DataNotFoundError
+from depthprune.errors import DataNotFoundError, DepthpruneError
 
 DEFAULT_CALIB_SOURCE = "war_and_peace"
 
 
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """What calibration data to draw: ``source`` is a named corpus, a file, a hub dataset, or ``self``."""
+class CalibrationSpec(Options):
+    """What calibration data to draw: ``source`` is a named corpus, a file, a hub dataset, or ``self``.
 
-    source: str | None = None
-    samples: int = 10
-    seq_len: int = 128
-    seed: int = 0
-    text_field: str = "text"
+    Positional arguments follow the field order: ``CalibrationSpec("war_and_peace", 10, 128, 0)``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str | None = Field(None, json_schema_extra={"cli": "--calib"},
+                               description="calibration text: war_and_peace, wikitext2, a .txt/.jsonl path, a hub "
+                                           "dataset, or 'self' (text the model samples itself); default: "
+                                           "war_and_peace when the data directory has it, else self")
+    samples: int = Field(10, ge=1, json_schema_extra={"cli": "--calib-samples"},
+                         description="random calibration windows")
+    seq_len: int = Field(128, ge=2, json_schema_extra={"cli": "--calib-seq-len"},
+                         description="tokens per calibration window (BOS is added in front)")
+    seed: int = Field(0, description="random seed of the calibration windows")
+    text_field: str = Field("text", description="text field of .jsonl/.json records")
+    batch_size: int = Field(16, ge=1, json_schema_extra={"cli": "--score-batch-size"},
+                            description="calibration samples per forward pass while scoring (scores do not "
+                                        "depend on it)")
+
+    def __init__(self, *args, **kwargs):
+        kwargs.update(zip(("source", "samples", "seq_len", "seed", "text_field", "batch_size"), args))
+        super().__init__(**kwargs)
 
 
 @dataclass
@@ -32,11 +50,12 @@ class Calibration:
     spec: CalibrationSpec
 
     def to_json(self) -> dict:
-        return asdict(self.spec) | {"num_tokens": int(self.input_ids.numel())}
+        return self.spec.model_dump() | {"num_tokens": int(self.input_ids.numel())}
 
 
-def build_calibration(tokenizer, spec: CalibrationSpec = CalibrationSpec(), model=None) -> Calibration:
+def build_calibration(tokenizer, spec: CalibrationSpec | None = None, model=None) -> Calibration:
     """Draw the calibration windows; with no source, War and Peace if found locally, else ``self``."""
+    spec = spec or CalibrationSpec()
     source = spec.source
     if source is None:
         try:
@@ -45,7 +64,7 @@ def build_calibration(tokenizer, spec: CalibrationSpec = CalibrationSpec(), mode
         except DataNotFoundError:
             source = "self"
         print(f"Calibration source: {source} (no --calib given)", flush=True)
-        spec = CalibrationSpec(source, spec.samples, spec.seq_len, spec.seed, spec.text_field)
+        spec = spec.model_copy(update={"source": source})
         if source != "self":
             ids = sample_windows(tokenize(tokenizer, text), spec.samples, spec.seq_len, spec.seed)
             return Calibration(with_bos(ids, bos_id(tokenizer)), spec)
@@ -80,3 +99,17 @@ def self_generated(model, tokenizer, spec: CalibrationSpec) -> torch.Tensor:
         torch.random.set_rng_state(state)
     ids = out[:, : spec.seq_len + 1].cpu()
     return ids if bos_id(tokenizer) is not None else ids[:, 1:]
+
+
+def calibration_for(tokenizer, model=None, calibration=None, **spec_fields) -> Calibration:
+    """A Calibration from whatever the caller has: a Calibration, a CalibrationSpec, a source name, or nothing
+    (the default source), with ``spec_fields`` (samples, seq_len, seed, text_field) filling the spec."""
+    if isinstance(calibration, Calibration):
+        return calibration
+    if isinstance(calibration, CalibrationSpec):
+        spec = calibration.model_copy(update=spec_fields) if spec_fields else calibration
+    else:
+        spec = build(CalibrationSpec, {"source": calibration, **spec_fields}, where="calibration.")
+    if tokenizer is None:
+        raise DepthpruneError("calibration needs the tokenizer: pass it, or pass a model source string to load")
+    return build_calibration(tokenizer, spec, model=model)

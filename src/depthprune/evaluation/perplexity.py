@@ -29,9 +29,16 @@ class PerplexityResult:
     batch_size: int
     wall_s: float
     tokens_per_s: float
+    dtype: str = ""
+    model: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def summary(self) -> str:
+        """One line for people: dataset, PPL, windows, speed."""
+        return (f"{self.dataset}: PPL {self.ppl:.3f} on {self.windows} windows of {self.seq_len} tokens "
+                f"(BOS {self.bos_mode}, {self.dtype}), {self.tokens_per_s:,.0f} tokens/s")
 
 
 def windows_for(tokenizer, dataset: str, seq_len: int = 128, limit: int | None = None,
@@ -77,4 +84,5 @@ def evaluate_perplexity(model, tokenizer, dataset: str = "wikitext2", seq_len: i
         windows=int(windows.shape[0]), seq_len=seq_len, bos=bos_id(tokenizer) is not None,
         bos_mode=effective_bos_mode(tokenizer, bos),
         batch_size=batch_size, wall_s=wall, tokens_per_s=count / wall if wall > 0 else float("nan"),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
     )

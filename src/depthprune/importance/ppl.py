@@ -1,8 +1,9 @@
 """PPL: calibration perplexity with one candidate removed (forward passes only).
 
 Each block's input is computed once per calibration batch; removing block n then re-runs only blocks
-n+1..N and the head. ``cache_prefix=False`` does it the naive way (a full forward per candidate) and
-is kept to check the cached path. For modules, the candidate's block runs with that module skipped.
+n+1..N and the head. ``cache_prefix=False`` does it the naive way (a full forward per candidate, the
+candidate skipped) and is kept to check the cached path. For modules, the candidate's block runs with that
+module skipped. Iterative pruning updates the traces in place after each removal (``PplIncremental``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from tqdm.auto import tqdm
 
 from depthprune.core.loss import chunked_nll, sequence_nll, shifted_labels
 from depthprune.core.trace import Trace, run_block, run_tail, trace_blocks
-from depthprune.importance.base import register
+from depthprune.importance.base import Criterion, Incremental, register
 from depthprune.models.loading import input_device
+from depthprune.models.skipping import module_skipped
 from depthprune.models.specs import num_blocks
 
 
@@ -32,8 +34,6 @@ def calibration_traces(model, input_ids: torch.Tensor, batch_size: int) -> list[
 @torch.no_grad()
 def ppl_from_traces(model, traces, unit: str = "block", progress: bool = True) -> list[float]:
     """Calibration PPL without each candidate, replaying only the blocks after it."""
-    from depthprune.pruning.module_surgery import module_skipped
-
     n_blocks = num_blocks(model)
     parts = [None] if unit == "block" else ["attn", "mlp"]
     nll = [0.0] * (n_blocks * len(parts))
@@ -56,32 +56,59 @@ def ppl_from_traces(model, traces, unit: str = "block", progress: bool = True) -
     return [math.exp(v / count) for v in nll]
 
 
-@register("ppl", units=("block", "module"),
-          description="calibration perplexity without the candidate (Shortened LLaMA, SLEB)")
 @torch.no_grad()
-def ppl_scores(model, input_ids: torch.Tensor, unit: str = "block", batch_size: int = 16,
-               cache_prefix: bool = True, progress: bool = True) -> list[float]:
-    if cache_prefix:
-        return ppl_from_traces(model, calibration_traces(model, input_ids, batch_size), unit, progress)
-    return _naive_ppl(model, input_ids, unit, batch_size)
-
-
 def _naive_ppl(model, input_ids, unit, batch_size) -> list[float]:
-    from depthprune.pruning.module_surgery import module_skipped
-    from depthprune.pruning.surgery import blocks_removed
-
+    """A full forward per candidate with it skipped (both modules skipped = the block removed)."""
     n_blocks = num_blocks(model)
     device = input_device(model)
-    contexts = ([lambda n: blocks_removed(model, [n])] if unit == "block"
-                else [lambda n: module_skipped(model, n, "attn"), lambda n: module_skipped(model, n, "mlp")])
-    nll = [0.0] * (n_blocks * len(contexts))
+    parts = [("attn", "mlp")] if unit == "block" else [("attn",), ("mlp",)]
+    nll = [0.0] * (n_blocks * len(parts))
     count = 0
     for start in range(0, input_ids.shape[0], batch_size):
         batch = input_ids[start : start + batch_size].to(device)
         for n in range(n_blocks):
-            for k, ctx in enumerate(contexts):
-                with ctx(n):
+            for k, skip in enumerate(parts):
+                with module_skipped(model, n, *skip):
                     s, c = sequence_nll(model, batch)
-                nll[n * len(contexts) + k] += float(s)
+                nll[n * len(parts) + k] += float(s)
         count += c
     return [math.exp(v / count) for v in nll]
+
+
+class PplIncremental(Incremental):
+    """Calibration traces kept in step with the model: inputs before a removed block are reused."""
+
+    def __init__(self, model, input_ids: torch.Tensor, batch_size: int, progress: bool = True):
+        self.model, self.progress = model, progress
+        self.traces = calibration_traces(model, input_ids, batch_size)
+
+    def scores(self) -> list[float]:
+        return ppl_from_traces(self.model, self.traces, progress=self.progress)
+
+    @torch.no_grad()
+    def removed(self, index: int) -> None:
+        n = num_blocks(self.model)
+        for trace, _ in self.traces:
+            del trace.calls[index]
+            h = trace.inputs[index]
+            del trace.inputs[index:]
+            for i in range(index, n):
+                trace.inputs.append(h)
+                h = run_block(self.model, trace, i, h)
+            trace.output = h
+
+
+@register
+class Ppl(Criterion):
+    name = "ppl"
+    description = "calibration perplexity without the candidate (Shortened LLaMA, SLEB)"
+    units = ("block", "module")
+
+    @torch.no_grad()
+    def score(self, model, input_ids, unit="block", batch_size=16, progress=True, cache_prefix: bool = True):
+        if cache_prefix:
+            return ppl_from_traces(model, calibration_traces(model, input_ids, batch_size), unit, progress)
+        return _naive_ppl(model, input_ids, unit, batch_size)
+
+    def incremental(self, model, input_ids, batch_size=16, progress=True):
+        return PplIncremental(model, input_ids, batch_size, progress)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from depthprune.core.loss import chunked_nll, final_hidden, shifted_labels
 from depthprune.errors import DepthpruneError
-from depthprune.importance.base import register
+from depthprune.importance.base import Criterion, register
 from depthprune.importance.weights import candidate_weights
 from depthprune.models.loading import input_device
 from depthprune.models.specs import get_blocks
@@ -44,7 +44,7 @@ def check_weights_in_memory(model, what: str) -> None:
 
 
 def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int,
-                         fold: Callable[[torch.nn.Parameter, torch.Tensor], None]) -> None:
+                         fold: Callable[[torch.nn.Parameter, torch.Tensor], None], progress: bool = True) -> None:
     """Back-propagate the calibration loss and call ``fold(param, |sum over samples of grad * W|)`` per weight.
 
     The loss is the token-mean NLL over all of ``input_ids``, so the products do not depend on ``batch_size``.
@@ -61,6 +61,9 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
     sums: dict[int, torch.Tensor] = {}
     handles = []
 
+    bar = tqdm(total=len(params) * len(starts), desc="taylor gradients", unit="weight", leave=False,
+               disable=not progress)
+
     def on_grad(param: torch.Tensor) -> None:
         with torch.no_grad():
             product = param.grad.float() * param.detach().float()
@@ -71,6 +74,7 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
             else:
                 sums[id(param)] = product
         param.grad = None
+        bar.update()
 
     blocks = list(get_blocks(model))
     own = [(b, "forward" in b.__dict__, b.__dict__.get("forward")) for b in blocks]
@@ -82,7 +86,7 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
         for p in params:
             handles.append(p.register_post_accumulate_grad_hook(on_grad))
         device = input_device(model)
-        for start in tqdm(starts, desc="taylor", unit="batch", leave=False, disable=len(starts) == 1):
+        for start in starts:
             batch = input_ids[start : start + batch_size].to(device)
             with torch.enable_grad():
                 nll, _ = chunked_nll(model, final_hidden(model, batch), labels[start : start + batch_size])
@@ -92,6 +96,7 @@ def stream_grad_products(model, params, input_ids: torch.Tensor, batch_size: int
                 if id(p) in sums:
                     fold(p, sums.pop(id(p)).abs_())
     finally:
+        bar.close()
         for block, had, forward in own:
             if had:
                 block.forward = forward  # e.g. accelerate's hooked forward
@@ -111,15 +116,19 @@ def _checkpointed(forward):
     return run
 
 
-@register("taylor", units=("block", "module"),
-          description="sum of |dL/dW * W| over the linear weights (Shortened LLaMA)")
-def taylor_scores(model, input_ids: torch.Tensor, unit: str = "block", batch_size: int = 16) -> list[float]:
-    groups = candidate_weights(model, unit)
-    owner = {id(w): i for i, ws in enumerate(groups) for w in ws}
-    scores = torch.zeros(len(groups), dtype=torch.float64)
+@register
+class Taylor(Criterion):
+    name = "taylor"
+    description = "sum of |dL/dW * W| over the linear weights (Shortened LLaMA)"
+    units = ("block", "module")
 
-    def fold(param, product):
-        scores[owner[id(param)]] += float(product.sum())
+    def score(self, model, input_ids, unit="block", batch_size=16, progress=True):
+        groups = candidate_weights(model, unit)
+        owner = {id(w): i for i, ws in enumerate(groups) for w in ws}
+        scores = torch.zeros(len(groups), dtype=torch.float64)
 
-    stream_grad_products(model, [w for ws in groups for w in ws], input_ids, batch_size, fold)
-    return scores.tolist()
+        def fold(param, product):
+            scores[owner[id(param)]] += float(product.sum())
+
+        stream_grad_products(model, [w for ws in groups for w in ws], input_ids, batch_size, fold, progress)
+        return scores.tolist()

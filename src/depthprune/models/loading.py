@@ -11,18 +11,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from depthprune.errors import DepthpruneError
+from depthprune.models.placement import _device_map, _effective_device, resolve_dtype
 from depthprune.models.specs import get_spec
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda", "multi")
-DEVICE_HELP = ("auto: one GPU when the model fits on it, split over the GPUs (device_map='auto') only when it "
-               "does not, the CPU without GPUs; cuda: one GPU; multi: always split over all visible GPUs; cpu")
-FIT_FRACTION = 0.85
-"""Share of a GPU's free memory the weights may take for the model to count as fitting (the rest: activations,
-KV cache, the allocator's slack)."""
-
 
 @dataclass
 class LoadedModel:
@@ -33,82 +25,28 @@ class LoadedModel:
     source: str
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
-    """``auto`` means float32 on CPU (half precision is slow there) and the checkpoint's dtype on GPUs."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.float32 if _effective_device(device) == "cpu" else "auto"
-    if dtype not in DTYPES:
-        raise DepthpruneError(f"--dtype {dtype!r} is not one of: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+def load(source: str | None = None, dtype: str | torch.dtype = "auto", device: str = "auto",
+         cache_dir: str | os.PathLike | None = None):
+    """``(model, tokenizer)`` from a local directory, a ``.gguf`` file, a hub id or ``gemma-3-270m`` (the default).
 
-
-def _effective_device(device: str) -> str:
-    if device not in DEVICES:
-        raise DepthpruneError(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device in ("cuda", "multi") and not torch.cuda.is_available():
-        raise DepthpruneError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
-    return "cuda" if device == "multi" else device
-
-
-def plan_device_map(device: str, model_bytes: int | None, gpu_free_bytes: list[int]) -> str | dict | None:
-    """Where to put a model of ``model_bytes`` given the free memory of each visible GPU (pure; tested with fakes).
-
-    None = the CPU; ``{"": i}`` = all of it on GPU i (the one with the most free memory); ``"auto"`` = split by
-    accelerate. ``auto`` and ``cuda`` keep the model on one GPU when it fits (splitting a model that fits only
-    makes a slower pipeline); a model too large for any one GPU is split. ``multi`` always splits.
+    The model remembers its source (``model_source(model)``), recorded by pruning and retraining.
     """
-    if device not in DEVICES:
-        raise DepthpruneError(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
-    if device == "cpu" or (device == "auto" and not gpu_free_bytes):
-        return None
-    if not gpu_free_bytes:
-        raise DepthpruneError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
-    if device == "multi":
-        return "auto"
-    best = max(range(len(gpu_free_bytes)), key=lambda i: (gpu_free_bytes[i], -i))
-    if model_bytes is None or model_bytes <= FIT_FRACTION * gpu_free_bytes[best]:
-        return {"": best}
-    log.warning("the model (%.1f GiB) does not fit on one GPU (%.1f GiB free on the best); splitting it over the "
-                "GPUs (device_map='auto')", model_bytes / 2**30, gpu_free_bytes[best] / 2**30)
-    return "auto"
+    lm = load_model(source, dtype=dtype, device=device, cache_dir=cache_dir)
+    return lm.model, lm.tokenizer
 
 
-def gpu_free_bytes() -> list[int]:
-    """Free memory of each visible CUDA device (empty without CUDA)."""
-    if not torch.cuda.is_available():
-        return []
-    return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+def model_source(model) -> str:
+    """Where a model came from: the source it was loaded from, else its config's name or path."""
+    return getattr(model, "depthprune_source", None) or getattr(model.config, "_name_or_path", "") or "in-memory"
 
 
-def estimate_model_bytes(config, dtype: torch.dtype | str) -> int | None:
-    """Weight bytes of a model built from ``config`` in ``dtype`` (tied weights once), without allocating it."""
-    from accelerate import init_empty_weights
-
-    try:
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config)
-        model.tie_weights()  # not applied inside init_empty_weights
-    except Exception:  # noqa: BLE001 - an estimate only; the load itself reports real problems
-        return None
-    if not isinstance(dtype, torch.dtype):
-        dtype = getattr(config, "dtype", None) or torch.float16
-        dtype = DTYPES.get(dtype, torch.float16) if isinstance(dtype, str) else dtype
-    seen, n = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n * torch.empty((), dtype=dtype).element_size()
-
-
-def _device_map(device: str, config=None, dtype: torch.dtype | str = "auto") -> str | dict | None:
-    free = gpu_free_bytes() if device != "cpu" else []
-    need = estimate_model_bytes(config, dtype) if config is not None and free else None
-    return plan_device_map(device, need, free)
+def ensure_loaded(model, tokenizer=None, **load_options):
+    """``(model, tokenizer)``: ``model`` itself, or loaded when it is a source string (a path, hub id, alias)."""
+    if isinstance(model, (str, os.PathLike)):
+        return load(str(model), **load_options)
+    if model is None:
+        return load(None, **load_options)
+    return model, tokenizer
 
 
 def _looks_like_path(src: str) -> bool:
@@ -187,7 +125,12 @@ def _load_dir(path: Path, kwargs: dict, source: str) -> LoadedModel:
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    return _loaded(model, tokenizer, source)
+
+
+def _loaded(model, tokenizer, source: str) -> LoadedModel:
     model.eval()
+    model.depthprune_source = source
     return LoadedModel(model, tokenizer, source)
 
 
@@ -216,8 +159,7 @@ def load_gguf(path: Path, kwargs: dict, source: str) -> LoadedModel:
     _check_supported(model.config)
     drop_gguf_marker(model)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model.eval()
-    return LoadedModel(model, tokenizer, source)
+    return _loaded(model, tokenizer, source)
 
 
 def _load_hub(repo_id: str, kwargs: dict) -> LoadedModel:
@@ -232,8 +174,7 @@ def _load_hub(repo_id: str, kwargs: dict) -> LoadedModel:
     _check_supported(config)
     model = AutoModelForCausalLM.from_pretrained(repo_id, **_placed(kwargs, config))
     tokenizer = AutoTokenizer.from_pretrained(repo_id)
-    model.eval()
-    return LoadedModel(model, tokenizer, repo_id)
+    return _loaded(model, tokenizer, repo_id)
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

@@ -1,8 +1,9 @@
-"""The experiment YAML schema (pydantic v2, unknown keys refused); loading and error reporting are in load.py.
+"""The experiment YAML schema: the stages' own options composed (unknown keys refused); loading is in load.py.
 
-Every problem is reported at once, each with the dotted path of the field (``prune.targets.1.ratio: must be
-in (0, 1)``), as one ``DepthpruneError``. ``variants`` (name -> partial ``calibration``/``prune``/``retrain``
-overrides) turn one file into several pruning recipes compared on the same model and yardsticks.
+Each block reuses the options model of its stage (``model:`` = ModelOptions, ``calibration:`` = CalibrationSpec,
+``prune:`` = PruneOptions + targets, ``retrain:`` = LoraOptions / CptOptions by ``kind``, ``evaluate:`` =
+perplexity and zero-shot settings, ``bench:`` = BenchOptions), so a default or a rule is defined once, beside its
+stage. Only what the pipeline adds lives here: several targets, variants, directory names, local paths.
 """
 
 from __future__ import annotations
@@ -14,28 +15,27 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
-from depthprune.errors import DepthpruneError
+from depthprune.core.options import FieldProblems, Options, validation_messages
+from depthprune.data.calibration import CalibrationSpec
+from depthprune.evaluation.options import PerplexitySettings, ZeroShotOptions
+from depthprune.models.options import ModelOptions
+from depthprune.pruning.options import PruneOptions, TargetOptions
+from depthprune.retrain.run import KINDS
+from depthprune.speed.options import BenchOptions
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 RECIPE_KEYS = ("calibration", "prune", "retrain")
 RESERVED_NAMES = {"base", "pruned", "retrained", "checkpoints", "report"}
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-class FieldProblems(ValueError):
-    """Problems found by a cross-field check: (path below the failing object, message) pairs."""
-
-    def __init__(self, problems: list[tuple[tuple, str]]):
-        self.problems = problems
-        super().__init__("; ".join(msg for _, msg in problems))
+RUN_FIELDS = ("model", "output", "overwrite", "resume", "dtype", "cache_dir", "device", "progress")
+"""Retraining fields the pipeline sets itself (from ``model:`` and the run directory)."""
 
 
 def _check_name(value: str, what: str) -> str:
@@ -46,7 +46,7 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-def _local_path(value: str | None, info: ValidationInfo) -> str | None:
+def local_path(value: str | None, info: ValidationInfo) -> str | None:
     """An existing local path (relative to the working directory, else to the config file) made absolute."""
     if not value:
         return value
@@ -59,17 +59,8 @@ def _local_path(value: str | None, info: ValidationInfo) -> str | None:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(_Strict):
+class ModelConfig(ModelOptions):
     """The model to prune; ``model: NAME`` is short for ``model: {source: NAME}``."""
-
-    source: str = "gemma-3-270m"
-    dtype: Dtype = "auto"
-    device: Literal["auto", "cpu", "cuda", "multi"] = "auto"
-    cache_dir: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -79,50 +70,23 @@ class ModelConfig(_Strict):
     @field_validator("source", "cache_dir")
     @classmethod
     def _paths(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return _local_path(v, info)
+        return local_path(v, info)
 
 
-class CalibrationConfig(_Strict):
-    """Calibration text for scoring: ``source`` null = War and Peace when the data directory has it, else self."""
-
-    source: str | None = None
-    samples: int = Field(10, ge=1)
-    seq_len: int = Field(128, ge=2)
-    seed: int = 0
-    text_field: str = "text"
-    batch_size: int = Field(16, ge=1, description="calibration samples per forward pass while scoring")
-
+class CalibrationConfig(CalibrationSpec):
     @field_validator("source")
     @classmethod
     def _paths(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return _local_path(v, info)
+        return local_path(v, info)
 
 
-class TargetSpec(_Strict):
-    """How much to remove: exactly one of ``num_blocks``, ``ratio`` (of all parameters), ``target_params``."""
-
-    num_blocks: int | None = Field(None, ge=1)
-    ratio: float | None = None
-    target_params: int | None = Field(None, ge=1)
+class TargetSpec(TargetOptions):
     name: str | None = None
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio(cls, v: float | None) -> float | None:
-        if v is not None and not 0 < v < 1:
-            raise ValueError("must be in (0, 1)")
-        return v
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return None if v is None else _check_name(v, "target name")
-
-    @model_validator(mode="after")
-    def _one(self) -> TargetSpec:
-        if sum(x is not None for x in (self.num_blocks, self.ratio, self.target_params)) != 1:
-            raise ValueError("give exactly one of num_blocks, ratio, target_params")
-        return self
 
     @property
     def label(self) -> str:
@@ -136,83 +100,17 @@ class TargetSpec(_Strict):
         return f"p{self.target_params}"
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in (("num_blocks", self.num_blocks), ("ratio", self.ratio),
-                                  ("target_params", self.target_params)) if v is not None}
+        return self.model_dump(exclude={"name"}, exclude_none=True)
 
 
-class PruneSpec(_Strict):
+class PruneSpec(PruneOptions):
     """Depth (blocks or modules; one-shot or iterative) or width pruning, at one or several targets."""
 
-    method: Literal["depth", "width"] = "depth"
-    criterion: str | None = Field(None, validate_default=True)
-    unit: Literal["block", "module"] = "block"
-    schedule: Literal["one-shot", "iterative"] = "one-shot"
-    protect_first: int | None = Field(None, ge=0)
-    protect_last: int | None = Field(None, ge=0)
-    round_to: int = Field(8, ge=1, description="width only: keep widths multiples of this")
     target: TargetSpec | None = None
     targets: list[TargetSpec] | None = None
 
-    @field_validator("criterion")
-    @classmethod
-    def _criterion(cls, v: str | None, info: ValidationInfo) -> str | None:
-        method = info.data.get("method")
-        if method == "width":
-            from depthprune.pruning.width_scores import WIDTH_CRITERIA
-
-            v = v or "wanda-sp"
-            if v not in WIDTH_CRITERIA:
-                raise ValueError(f"unknown width criterion {v!r}; choose one of: {', '.join(WIDTH_CRITERIA)}")
-        elif method == "depth":
-            from depthprune.importance import resolve_criterion
-
-            v = v or "ppl"
-            try:
-                resolve_criterion(v)
-            except DepthpruneError as exc:
-                raise ValueError(str(exc)) from None
-        return v
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, v: str, info: ValidationInfo) -> str:
-        crit = info.data.get("criterion")
-        if v == "module" and info.data.get("method") == "width":
-            raise ValueError("unit module applies to depth pruning only")
-        if crit and info.data.get("method") == "depth":
-            from depthprune.importance import resolve_criterion
-
-            units = resolve_criterion(crit)[0].units
-            if v not in units:
-                raise ValueError(f"criterion {crit!r} cannot score unit {v!r} (it scores: {', '.join(units)})")
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str, info: ValidationInfo) -> str:
-        if v == "iterative" and info.data.get("method") == "width":
-            raise ValueError("iterative applies to depth pruning only")
-        if v == "iterative" and info.data.get("unit") == "module":
-            raise ValueError("iterative pruning supports unit block only")
-        return v
-
-    @field_validator("protect_first", "protect_last")
-    @classmethod
-    def _protect(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v and info.data.get("method") == "width":
-            raise ValueError("width pruning narrows every block uniformly; protected blocks cannot stay dense "
-                             "(drop it)")
-        return v
-
-    @field_validator("round_to")
-    @classmethod
-    def _round_to(cls, v: int, info: ValidationInfo) -> int:
-        if v != 8 and info.data.get("method") == "depth":
-            raise ValueError("applies to method width only")
-        return v
-
     @model_validator(mode="after")
-    def _consistent(self) -> PruneSpec:
+    def _targets(self) -> PruneSpec:
         problems: list[tuple[tuple, str]] = []
         if self.target is not None and self.targets is not None:
             problems.append(((), "give target or targets, not both"))
@@ -228,190 +126,71 @@ class PruneSpec(_Strict):
         if problems:
             raise FieldProblems(problems)
         if self.target is not None:
-            self.targets, self.target = [self.target], None
-        if self.method == "depth":
-            from depthprune.pruning import resolve_protection
-
-            self.protect_first, self.protect_last = resolve_protection(self.criterion, self.protect_first,
-                                                                       self.protect_last)
-        else:
-            self.protect_first, self.protect_last = 0, 0
+            self.__dict__["targets"], self.__dict__["target"] = [self.target], None
+        first, last = self.protect
+        self.__dict__["protect_first"], self.__dict__["protect_last"] = first, last
         return self
 
 
-_LORA_ONLY = ("rank", "alpha", "dropout", "target_modules", "train_on_inputs", "merge")
-_CPT_ONLY = ("text_field",)
+STEP_CLASSES = {kind: create_model(f"{kind.capitalize()}Step", __base__=cls, kind=(Literal[kind], kind))
+                for kind, (cls, _) in KINDS.items()}
+"""Each kind's retraining options plus its ``kind`` tag, as written in the YAML."""
 
 
-class RetrainStep(_Strict):
-    """One retraining step; steps run in order, each on the previous one's output (CPT then LoRA)."""
-
-    kind: Literal["lora", "cpt"]
-    data: str | None = Field(None, description="lora: alpaca_demo or an Alpaca .json/.jsonl; cpt: c4_sample, ...")
-    seq_len: int | None = Field(None, ge=2, description="lora: tokens per example (max_len); cpt: per sequence")
-    lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    micro_batch_size: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
-    schedule: Literal["cosine", "linear", "constant"] | None = None
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    warmup_steps: int | None = Field(None, ge=0)
-    min_lr_ratio: float | None = Field(None, ge=0, le=1)
-    weight_decay: float | None = Field(None, ge=0)
-    betas: tuple[float, float] | None = None
-    max_grad_norm: float | None = Field(None, ge=0)
-    seed: int = 0
-    save_every: int = Field(50, ge=0, description="checkpoint every N steps, so Ctrl-C loses little")
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(10, ge=1)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    gradient_checkpointing: bool = False
-    save_dtype: Dtype = "auto"
-    rank: int | None = Field(None, ge=1)
-    alpha: float | None = Field(None, gt=0)
-    dropout: float | None = Field(None, ge=0, lt=1)
-    target_modules: list[str] | None = None
-    train_on_inputs: bool | None = None
-    merge: bool | None = Field(None, description="must stay true: later stages load the merged checkpoint")
-    text_field: str | None = None
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, v):
-        if v is not None and not all(0 <= b < 1 for b in v):
-            raise ValueError("must be two numbers in [0, 1)")
-        return v
-
-    @field_validator("data")
-    @classmethod
-    def _paths(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return _local_path(v, info)
-
-    @field_validator(*_LORA_ONLY, *_CPT_ONLY)
-    @classmethod
-    def _kind_only(cls, v, info: ValidationInfo):
-        kind = info.data.get("kind")
-        if v is not None and kind is not None and info.field_name in (_CPT_ONLY if kind == "lora" else _LORA_ONLY):
-            raise ValueError(f"applies to kind {'cpt' if kind == 'lora' else 'lora'} only")
-        return v
-
-    @model_validator(mode="after")
-    def _defaults(self) -> RetrainStep:
-        from depthprune.retrain.cpt import CPT_TRAIN_DEFAULTS
-        from depthprune.retrain.lora import LORA_TRAIN_DEFAULTS
-
-        problems = []
-        if self.merge is False:
-            problems.append((("merge",), "must be true: evaluation, benchmark and later steps load the merged "
-                                         "checkpoint (the adapter is kept in adapter/ as well)"))
-        if self.micro_batch_size and self.batch_size and self.micro_batch_size > self.batch_size:
-            problems.append((("micro_batch_size",), f"must be <= batch_size ({self.batch_size})"))
-        if self.target_modules is not None and not [t for t in self.target_modules if t.strip()]:
-            problems.append((("target_modules",), "is empty; give names such as [q_proj, v_proj] or drop it"))
-        if problems:
-            raise FieldProblems(problems)
-        d = LORA_TRAIN_DEFAULTS if self.kind == "lora" else CPT_TRAIN_DEFAULTS
-        for key in ("lr", "batch_size", "micro_batch_size", "schedule", "weight_decay", "max_grad_norm"):
-            if getattr(self, key) is None:
-                setattr(self, key, d[key])
-        self.micro_batch_size = min(self.micro_batch_size, self.batch_size)
-        if self.batch_size % self.micro_batch_size:
-            raise FieldProblems([(("batch_size",), f"must be a multiple of micro_batch_size "
-                                                   f"({self.micro_batch_size})")])
-        if self.betas is None:
-            self.betas = tuple(d["betas"])
-        if self.min_lr_ratio is None:
-            self.min_lr_ratio = d.get("min_lr_ratio", 0.0)
-        if self.epochs is None and self.max_steps is None and self.max_tokens is None:
-            self.epochs = d.get("epochs") or 1
-        if self.kind == "lora":
-            for key, value in (("data", "alpaca_demo"), ("seq_len", 256), ("rank", 8), ("alpha", 16.0),
-                               ("dropout", 0.05), ("train_on_inputs", False), ("merge", True)):
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
-        else:
-            for key, value in (("data", "c4_sample"), ("seq_len", 1024), ("text_field", "text")):
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
-        return self
+def retrain_step(data: Any):
+    """One retraining step, validated by its kind's options (LoRA, CPT); run fields are the pipeline's."""
+    if not isinstance(data, dict):
+        raise FieldProblems([((), f"must be a mapping of fields, got {type(data).__name__}")])
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise FieldProblems([(("kind",), f"must be one of {', '.join(repr(k) for k in KINDS)}, got {kind!r}")])
+    cls = STEP_CLASSES[kind]
+    problems = [((key,), f"applies to kind {other} only") for key in data if key not in cls.model_fields
+                and key != "kind" for other, (c, _) in KINDS.items() if other != kind and key in c.model_fields]
+    problems += [((key,), "is set by the pipeline (from model: and the run directory); drop it")
+                 for key in data if key in RUN_FIELDS]
+    if kind == "lora" and data.get("merge") is False:
+        problems.append((("merge",), "must be true: evaluation, benchmark and later steps load the merged "
+                                     "checkpoint (the adapter is kept in adapter/ as well)"))
+    fields = {k: v for k, v in data.items() if not any(k == p[0][0] for p in problems)}
+    if kind == "lora":
+        fields.setdefault("merge", True)
+    try:
+        step = cls.model_validate(fields)
+    except ValidationError as exc:
+        problems += validation_messages(exc)
+    if problems:
+        raise FieldProblems(problems)
+    return step
 
 
-class PplSpec(_Strict):
+def step_dump(step) -> dict:
+    """A retraining step as written in the resolved config (kind first, run fields left out)."""
+    return {"kind": step.kind} | step.model_dump(mode="json", exclude=set(RUN_FIELDS) | {"kind"}, exclude_none=True)
+
+
+class PplSpec(PerplexitySettings):
     datasets: list[str] = Field(default_factory=lambda: ["wikitext2", "ptb"], min_length=1)
-    seq_len: int = Field(128, ge=2)
-    limit: int | None = Field(None, ge=1, description="first N windows per dataset (null: all)")
-    batch_size: int = Field(8, ge=1)
-    text_field: str = "text"
-    bos: Literal["every", "first", "none"] = Field("every", description="BOS before every window, once, or never")
-
-    @field_validator("datasets", mode="before")
-    @classmethod
-    def _split(cls, v):
-        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
     @field_validator("datasets")
     @classmethod
     def _paths(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        return [_local_path(s, info) for s in v]
+        return [local_path(s, info) for s in v if s]
 
 
-class ZeroShotSpec(_Strict):
-    tasks: list[str] | None = Field(None, validate_default=True)
-    limit: int | None = Field(None, ge=1, description="first N examples per task (null: all)")
-    batch_size: int = Field(8, ge=1)
-    source: Literal["auto", "local", "hub"] = "auto"
-
-    @field_validator("tasks", mode="before")
-    @classmethod
-    def _split(cls, v):
-        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
-
-    @field_validator("tasks")
-    @classmethod
-    def _known(cls, v: list[str] | None) -> list[str]:
-        from depthprune.evaluation.zeroshot import PAPER_TASKS, parse_tasks
-
-        if v is None:
-            return list(PAPER_TASKS)
-        bad = [((i,), f"unknown task {t!r}; choose from: {', '.join(PAPER_TASKS)}")
-               for i, t in enumerate(v) if t.removeprefix("depthprune_") not in PAPER_TASKS]
-        if bad:
-            raise FieldProblems(bad)
-        try:
-            return parse_tasks(v)
-        except DepthpruneError as exc:
-            raise ValueError(str(exc)) from None
-
-
-class EvaluateSpec(_Strict):
+class EvaluateSpec(Options):
     baseline: bool = Field(True, description="also evaluate the unpruned model (runs/<name>/base/eval.json)")
     every_stage: bool = Field(False, description="evaluate the pruned model and every retraining step, "
                                                  "not only the final model")
     ppl: PplSpec | None = Field(default_factory=PplSpec)
-    zeroshot: ZeroShotSpec | None = None
+    zeroshot: ZeroShotOptions | None = None
 
 
-class BenchSpec(_Strict):
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
-    output_lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
-    input_tokens: int = Field(12, ge=1)
-    warmup: int = Field(10, ge=0)
-    runs: int = Field(20, ge=1)
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (null: torch's choice)")
+class BenchSpec(BenchOptions):
     baseline: bool = Field(True, description="benchmark the unpruned model first (speedups are against it)")
 
-    @field_validator("batch_sizes", "output_lengths")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        bad = [((i,), "must be >= 1") for i, x in enumerate(v) if x < 1]
-        if bad:
-            raise FieldProblems(bad)
-        return sorted(set(v))
 
-
-class VariantSpec(_Strict):
+class VariantSpec(Options):
     """Partial overrides merged into the experiment (dicts merge, lists and values replace)."""
 
     description: str = ""
@@ -423,13 +202,13 @@ class VariantSpec(_Strict):
 VariantName = Annotated[str, AfterValidator(lambda v: _check_name(v, "variant name"))]
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Options):
     name: str
     description: str = ""
     model: ModelConfig = Field(default_factory=ModelConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     prune: PruneSpec | None = None
-    retrain: list[RetrainStep] = Field(default_factory=list)
+    retrain: list[Any] = Field(default_factory=list)
     evaluate: EvaluateSpec | None = None
     bench: BenchSpec | None = None
     variants: dict[VariantName, VariantSpec] = Field(default_factory=dict)
@@ -438,6 +217,21 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v, "name")
+
+    @field_validator("retrain")
+    @classmethod
+    def _steps(cls, v: list, info: ValidationInfo) -> list:
+        steps, problems = [], []
+        for i, data in enumerate(v):
+            if isinstance(data, dict) and data.get("data"):
+                data = data | {"data": local_path(data["data"], info)}
+            try:
+                steps.append(retrain_step(data))
+            except FieldProblems as exc:
+                problems += [((i,) + loc, msg) for loc, msg in exc.problems]
+        if problems:
+            raise FieldProblems(problems)
+        return steps
 
     @model_validator(mode="after")
     def _needs_prune(self) -> ExperimentConfig:
@@ -453,7 +247,7 @@ class ExperimentConfig(_Strict):
         if prune:
             prune["targets"] = [{k: v for k, v in t.items() if v is not None} for t in prune["targets"]]
         return {"calibration": self.calibration.model_dump(mode="json"), "prune": prune,
-                "retrain": [s.model_dump(mode="json", exclude_none=True) for s in self.retrain]}
+                "retrain": [step_dump(s) for s in self.retrain]}
 
 
 def resolved_config(cfg: ExperimentConfig, leaves: list[Leaf]) -> dict:
@@ -477,3 +271,6 @@ class Leaf:
     @property
     def rel(self) -> str:
         return self.variant or ""
+
+
+__all__ = ["RECIPE_KEYS", "ExperimentConfig", "FieldProblems", "Leaf", "resolved_config"]

@@ -15,8 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from depthprune.core.options import validation_messages
 from depthprune.errors import DepthpruneError
-from depthprune.pipeline.config import RECIPE_KEYS, ExperimentConfig, FieldProblems, Leaf
+from depthprune.pipeline.config import RECIPE_KEYS, ExperimentConfig, Leaf
 
 # --- errors ----------------------------------------------------------------------------------------------------
 
@@ -56,39 +57,15 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(cls.model_fields) if cls is not None and not skip else []
 
 
-_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than": ("<", "lt"),
-           "less_than_equal": ("<=", "le")}
-
-
 def _messages(exc: ValidationError) -> list[tuple[tuple, str]]:
+    """Readable messages (core.options.validation_messages), unknown fields with a 'did you mean' hint."""
     out = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if p != "[key]")
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, FieldProblems):
-            out += [(loc + sub, msg) for sub, msg in cause.problems]
-            continue
-        msg = err["msg"]
-        for prefix in ("Value error, ", "Assertion failed, "):
-            msg = msg.removeprefix(prefix)
-        if err["type"] == "extra_forbidden":
+    for loc, msg in validation_messages(exc):
+        if msg == "unknown field" and loc:
             names = _fields_at(loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
             msg = "unknown field" + (f"; did you mean {close[0]!r}?" if close else
                                      f"; allowed: {', '.join(names)}" if names else "")
-        elif err["type"] == "missing":
-            msg = "required"
-        elif err["type"] in _BOUNDS and err.get("ctx"):
-            op, key = _BOUNDS[err["type"]]
-            msg = f"must be {op} {err['ctx'][key]}, got {err.get('input')!r}"
-        elif err["type"] == "literal_error" and err.get("ctx"):
-            msg = f"must be one of {err['ctx']['expected']}, got {err.get('input')!r}"
-        elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
-            msg = f"must be a mapping of fields, got {type(err.get('input')).__name__}"
-        elif err["type"] == "list_type":
-            msg = f"must be a list, got {type(err.get('input')).__name__}"
-        elif err["type"] == "too_short":
-            msg = "must not be empty"
         out.append((loc, msg))
     return out
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from depthprune.core.io import write_text_atomic
 from depthprune.errors import DepthpruneError
 from depthprune.pipeline.config import ExperimentConfig, Leaf, resolved_config
 from depthprune.pipeline.load import load_config
@@ -79,8 +80,6 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _write_yaml(path: Path, data: dict) -> None:
-    from depthprune.core.io import write_text_atomic
-
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 

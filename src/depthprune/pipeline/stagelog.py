@@ -14,6 +14,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from depthprune.core.io import write_json_atomic
+
 STAGES_FILE = "stages.json"
 
 
@@ -46,8 +48,6 @@ class StageLog:
         return self.stages.get(stage_id)
 
     def save(self) -> None:
-        from depthprune.core.io import write_json_atomic
-
         write_json_atomic(self.path, self.data)
 
     def is_done(self, stage, upstream: dict) -> bool:

@@ -19,7 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from depthprune.pipeline.config import ExperimentConfig, Leaf, ModelConfig, TargetSpec
+from depthprune.core.io import write_json_atomic
+from depthprune.core.versions import library_versions
+from depthprune.evaluation.run import perplexity, zeroshot
+from depthprune.importance.base import BlockScores
+from depthprune.importance.plot import plot_block_scores
+from depthprune.importance.scoring import score
+from depthprune.models.loading import load_model
+from depthprune.models.params import count_params
+from depthprune.models.specs import num_blocks
+from depthprune.pipeline.config import ExperimentConfig, Leaf, ModelConfig, TargetSpec, step_dump
+from depthprune.pipeline.stagelog import config_hash
+from depthprune.pruning.options import PruneOptions
+from depthprune.pruning.run import prune
+from depthprune.retrain.checkpoint import list_checkpoints
+from depthprune.retrain.run import KINDS as RETRAIN_KINDS
+from depthprune.speed.options import BenchOptions
+from depthprune.speed.runner import run_benchmark
 
 KINDS = ("baseline", "score", "prune", "retrain", "eval", "bench")
 SCORES_FILE = "scores.json"
@@ -70,163 +86,78 @@ def model_config(m: ModelConfig) -> dict:
 
 
 def load(m: ModelConfig, src: str | Path | None = None):
-    from depthprune.models import load_model
-
     return load_model(str(src) if src is not None else m.source, dtype=m.dtype, device=m.device,
                       cache_dir=m.cache_dir)
 
 
-def _calibration(c: ExperimentConfig, lm):
-    from depthprune.data import CalibrationSpec, build_calibration
-
-    cc = c.calibration
-    calib = build_calibration(lm.tokenizer, CalibrationSpec(cc.source, cc.samples, cc.seq_len, cc.seed,
-                                                            cc.text_field), model=lm.model)
-    log(f"  calibration: {calib.spec.source}, {calib.spec.samples} x {calib.spec.seq_len} tokens, "
-        f"seed {calib.spec.seed}")
-    return calib
-
-
 def _needs_calibration(c: ExperimentConfig) -> bool:
-    from depthprune.importance import resolve_criterion
+    return c.prune.needs_calibration
 
-    p = c.prune
-    return p.method == "width" or resolve_criterion(p.criterion)[0].needs_calibration
+
+def _prune_fields(p) -> dict:
+    return p.model_dump(include=set(PruneOptions.model_fields))
 
 
 # --- stage bodies ------------------------------------------------------------------------------------------------
 
 
 def run_score(c: ExperimentConfig, out: Path, ctx: StageContext, stage: Stage) -> None:
-    from depthprune.importance import score_model
-    from depthprune.report.plots import plot_block_scores
-
     same = ctx.log.find_done(stage.kind, stage.id, _hash_of(stage))
     if same is not None and same.is_file():  # another variant scored with identical settings: reuse
-        from depthprune.importance import BlockScores
-
         scores = BlockScores.load(same)
         scores.save(out)
         log(f"  reused identical scores from {same}")
     else:
         lm = load(c.model)
-        calib = _calibration(c, lm) if _needs_calibration(c) else None
-        scores = score_model(lm.model, c.prune.criterion, calib, unit=c.prune.unit,
-                             batch_size=c.calibration.batch_size)
+        scores = score(lm.model, lm.tokenizer, criterion=c.prune.criterion, unit=c.prune.unit,
+                       calibration=c.calibration)
         scores.save(out)
         log(f"  scored {len(scores.scores)} {c.prune.unit}s with {c.prune.criterion} in {scores.wall_s:.1f}s")
     plot_block_scores(scores, out.with_suffix(".png"))
 
 
 def run_prune(c: ExperimentConfig, t: TargetSpec, scores_path: Path | None, out: Path, extra: dict) -> None:
-    from depthprune.core.versions import library_versions
-    from depthprune.pruning import Target, prune_blocks, save_checkpoint
-
     p = c.prune
-    target = Target(**t.as_dict())
-    protect = (p.protect_first, p.protect_last)
     lm = load(c.model)
-    files: dict[str, str] = {}
-    if p.method == "width":
-        from depthprune.pruning.width import plan_width, prune_width, score_width
-
-        plan = plan_width(lm.model, target, protect, p.round_to)
-        calib = _calibration(c, lm)
-        result = prune_width(lm.model, score_width(lm.model, p.criterion, calib, c.calibration.batch_size), plan)
-        log(f"  width-pruned ({p.criterion}): {plan.describe()}")
-    else:
-        from depthprune.pruning.module_surgery import remote_code_files
-
-        if p.schedule == "iterative":
-            from depthprune.pruning.iterative import iterative_prune
-
-            calib = _calibration(c, lm) if _needs_calibration(c) else None
-            result = iterative_prune(lm.model, p.criterion, calib, target, protect, c.calibration.batch_size)
-        else:
-            from depthprune.importance import BlockScores
-
-            result = prune_blocks(lm.model, BlockScores.load(scores_path), target, protect)
-        files = remote_code_files(lm.model)
-        log(f"  removed {result.info['unit']}s {result.selection.removed} ({p.criterion}, {p.schedule})")
-    info = result.info | {"source_model": c.model.source, "seed": c.calibration.seed,
-                          "versions": library_versions(), "experiment": extra}
-    log(f"  parameters {info['params_before']:,} -> {info['params_after']:,} ({info['ratio_removed']:.1%} removed)")
-    saved = save_checkpoint(lm.model, lm.tokenizer, out, info, overwrite=True, extra_files=files)
-    if p.method == "depth":
-        from depthprune.report.plots import plot_block_scores
-
-        sel = result.selection
-        plot_block_scores(result.scores, saved / "scores.png", removed=sel.removed, protected=sel.protected)
-
-
-def train_config(step, output: Path, resume: bool, device: str):
-    from depthprune.retrain.config import TrainConfig
-
-    return TrainConfig(
-        output=str(output), lr=step.lr, batch_size=step.batch_size, micro_batch_size=step.micro_batch_size,
-        epochs=step.epochs, max_steps=step.max_steps, max_tokens=step.max_tokens, schedule=step.schedule,
-        warmup_ratio=step.warmup_ratio, warmup_steps=step.warmup_steps, min_lr_ratio=step.min_lr_ratio,
-        weight_decay=step.weight_decay, betas=tuple(step.betas), max_grad_norm=step.max_grad_norm, seed=step.seed,
-        save_every=step.save_every, keep_checkpoints=step.keep_checkpoints, log_every=step.log_every,
-        resume=resume, overwrite=not resume, mixed_precision=step.mixed_precision,
-        gradient_checkpointing=step.gradient_checkpointing, cpu=device == "cpu", progress=True,
-    )
+    one_shot = p.method == "depth" and p.schedule == "one-shot"
+    result = prune(lm.model, lm.tokenizer, scores=BlockScores.load(scores_path) if one_shot else None,
+                   calibration=c.calibration, log=lambda msg: log(f"  {msg}"), **_prune_fields(p), **t.as_dict())
+    result.info = result.info | {"source_model": c.model.source, "experiment": extra}
+    result.save(out, overwrite=True)
 
 
 def run_retrain(c: ExperimentConfig, step, src: Path, out: Path, ctx: StageContext) -> None:
-    from depthprune.retrain.checkpoint import list_checkpoints
-
     resume = ctx.resume and bool(list_checkpoints(out))
     if resume:
         log(f"  resuming from {list_checkpoints(out)[-1]}")
-    cfg = train_config(step, out, resume, c.model.device)
-    dtype = c.model.dtype
-    if step.kind == "lora":
-        from depthprune.retrain.lora import LoraOptions, run_lora
-
-        opts = LoraOptions(data=step.data, rank=step.rank, alpha=step.alpha, dropout=step.dropout,
-                           target_modules=step.target_modules, max_len=step.seq_len,
-                           train_on_inputs=step.train_on_inputs, merge=True, save_dtype=step.save_dtype)
-        run_lora(str(src), cfg, opts, dtype=dtype, cache_dir=c.model.cache_dir)
-    else:
-        from depthprune.retrain.cpt import CptOptions, run_cpt
-
-        opts = CptOptions(data=step.data, seq_len=step.seq_len, text_field=step.text_field,
-                          save_dtype=step.save_dtype)
-        run_cpt(str(src), cfg, opts, dtype=dtype, cache_dir=c.model.cache_dir)
+    device = "auto" if c.model.device == "multi" else c.model.device
+    dtype = "float32" if c.model.dtype == "auto" else c.model.dtype
+    run_fields = {"model": str(src), "output": str(out), "resume": resume, "overwrite": not resume,
+                  "dtype": dtype, "cache_dir": c.model.cache_dir, "device": device}
+    opts = RETRAIN_KINDS[step.kind][0].model_validate(step.model_dump(exclude={"kind"}) | run_fields)
+    RETRAIN_KINDS[step.kind][1](opts)
 
 
 def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
     """PPL on every dataset (and zero-shot accuracy) of one model, as a JSON-ready dict."""
-    from depthprune.evaluation import evaluate_perplexity
-    from depthprune.models.specs import num_blocks
-    from depthprune.pruning import count_params
-
     ev = c.evaluate
     lm = load(c.model, src)
     entry = {"label": label, "path": str(src), "params": count_params(lm.model), "num_blocks": num_blocks(lm.model),
              "ppl": {}, "zeroshot": None}
     if ev.ppl is not None:
+        settings = ev.ppl.model_dump(exclude={"datasets"})
         for ds in ev.ppl.datasets:
-            res = evaluate_perplexity(lm.model, lm.tokenizer, ds, ev.ppl.seq_len, ev.ppl.limit, ev.ppl.batch_size,
-                                      text_field=ev.ppl.text_field, bos=ev.ppl.bos)
+            res = perplexity(lm.model, lm.tokenizer, dataset=ds, **settings)
             entry["ppl"][ds] = res.to_json()
             log(f"  {label}: {ds} PPL {res.ppl:.3f} ({res.windows} windows of {res.seq_len})")
     if ev.zeroshot is not None:
-        from depthprune.evaluation.zeroshot import evaluate_zeroshot
-
-        zs = ev.zeroshot
-        res = evaluate_zeroshot(lm.model, lm.tokenizer, zs.tasks, limit=zs.limit, batch_size=zs.batch_size,
-                                source=zs.source)
+        res = zeroshot(lm.model, lm.tokenizer, **ev.zeroshot.model_dump())
         entry["zeroshot"] = res.to_json()
-        log(f"  {label}: zero-shot average {res.average * 100:.2f} over {', '.join(zs.tasks)}")
+        log(f"  {label}: zero-shot average {res.average * 100:.2f} over {', '.join(ev.zeroshot.tasks)}")
     return entry
 
 
 def run_eval(c: ExperimentConfig, models: list[tuple[str, Path | str]], out: Path, extra: dict) -> None:
-    from depthprune.core.io import write_json_atomic
-    from depthprune.core.versions import library_versions
-
     results = [evaluate_model(c, label, src) for label, src in models]
     write_json_atomic(out, {"experiment": extra, "final": models[-1][0], "results": results,
                             "settings": c.evaluate.model_dump(mode="json"), "seed": c.calibration.seed,
@@ -234,26 +165,13 @@ def run_eval(c: ExperimentConfig, models: list[tuple[str, Path | str]], out: Pat
 
 
 def run_bench(c: ExperimentConfig, models: list[tuple[str, str]], out: Path) -> None:
-    import torch
-
-    from depthprune.bench import BenchOptions, run_benchmark
-    from depthprune.core.io import write_json_atomic
-
-    b = c.bench
-    opts = BenchOptions(list(b.batch_sizes), list(b.output_lengths), b.input_tokens, b.warmup, b.runs,
-                        c.model.dtype, c.model.device, c.model.cache_dir)
+    opts = BenchOptions.model_validate(c.bench.model_dump(include=set(BenchOptions.model_fields)))
     labels = [label for label, _ in models]
 
     def save(result: dict) -> None:
         write_json_atomic(out, relabel(result, labels))
 
-    threads = torch.get_num_threads()
-    if b.threads:
-        torch.set_num_threads(b.threads)
-    try:
-        result = run_benchmark([src for _, src in models], opts, on_model_done=save, log=log)
-    finally:
-        torch.set_num_threads(threads)
+    result = run_benchmark([src for _, src in models], opts, c.model, on_model_done=save, log=log)
     save(result)
 
 
@@ -273,8 +191,6 @@ def relabel(result: dict, labels: list[str]) -> dict:
 
 
 def _hash_of(stage: Stage) -> str:
-    from depthprune.pipeline.stagelog import config_hash
-
     return config_hash(stage.config)
 
 
@@ -323,7 +239,7 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
             name = f"{i}-{step.kind}"
             rdir = tdir / "retrained" / name
             src = chain[-1][1]
-            cfg = {"step": step.model_dump(mode="json", exclude_none=True), "input": chain[-1][0],
+            cfg = {"step": step_dump(step), "input": chain[-1][0],
                    "model": {"dtype": c.model.dtype, "device": c.model.device}}
             sid = join(key, "retrain", name)
             stages.append(Stage(sid, "retrain", cfg, [chain[-1][2]], rdir / "retrain.json",

@@ -6,17 +6,15 @@ inputs before the removed block are kept, only the blocks after it are re-run.
 
 from __future__ import annotations
 
+import math
 import time
 
-import torch
 from tqdm.auto import tqdm
 
-from depthprune.core.trace import run_block
 from depthprune.errors import DepthpruneError
 from depthprune.importance.base import BlockScores, model_fingerprint, resolve_criterion, score_model
-from depthprune.importance.ppl import calibration_traces, ppl_from_traces
+from depthprune.models.params import block_params, count_params
 from depthprune.models.specs import num_blocks
-from depthprune.pruning.params import block_params, count_params
 from depthprune.pruning.prune import PruneResult
 from depthprune.pruning.selection import Selection, Target, protected_blocks
 from depthprune.pruning.surgery import remove_blocks
@@ -40,29 +38,30 @@ def iterative_prune(model, criterion: str, calibration, target: Target, protect:
                               "blocks; nothing left to remove")
     fingerprint = model_fingerprint(model)
     original = list(range(n0))  # original index of each current block
-    use_traces = crit.name == "ppl"
-    traces = calibration_traces(model, calibration.input_ids, batch_size) if use_traces else None
-    rounds, order = [], []
     goal = _goal(target, total, params, n0 - len(protected))
-    bar = tqdm(desc="iterative pruning", unit="round", disable=not progress)
+    input_ids = calibration.input_ids if calibration is not None else None
+    incremental = crit.incremental(model, input_ids, batch_size, progress)
+    rounds, order = [], []
+    bar = tqdm(total=_rounds_expected(target, goal, total, params), desc="iterative pruning", unit="round",
+               disable=not progress)
     t0 = time.perf_counter()
     while not _met(target, goal, order, total, params):
         candidates = [i for i, o in enumerate(original) if o not in protected]
         if not candidates:
             raise DepthpruneError(f"target {target.describe()} needs more than the {n0 - len(protected)} "
                                   "removable blocks")
-        if use_traces:
-            scores = ppl_from_traces(model, traces, progress=False)
+        if incremental is not None:
+            scores = incremental.scores()
         else:
-            scores = score_model(model, criterion, calibration, batch_size=batch_size).scores
+            scores = score_model(model, criterion, calibration, batch_size=batch_size, progress=progress).scores
         r = min(candidates, key=lambda i: (scores[i], original[i]))
         rounds.append({"round": len(rounds) + 1, "blocks": list(original), "scores": scores,
                        "removed": original[r], "elapsed_s": time.perf_counter() - t0})
         order.append(original[r])
         remove_blocks(model, [r])
         del original[r]
-        if use_traces:
-            _update_traces(model, traces, r)
+        if incremental is not None:
+            incremental.removed(r)
         bar.update()
         bar.set_postfix(removed=original and order[-1])
     bar.close()
@@ -70,7 +69,7 @@ def iterative_prune(model, criterion: str, calibration, target: Target, protect:
     sel = Selection(removed, sorted(protected), total, count_params(model))
     first = BlockScores(criterion, rounds[0]["scores"], [str(i) for i in range(n0)], model=fingerprint,
                         calibration=calibration.to_json() if calibration is not None else {},
-                        metadata={"schedule": "iterative"})
+                        metadata={"schedule": "iterative"}, protect=list(protect))
     info = {
         "method": "depth", "unit": "block", "schedule": "iterative", "criterion": criterion,
         "target": {k: v for k, v in vars(target).items() if v is not None},
@@ -85,18 +84,11 @@ def iterative_prune(model, criterion: str, calibration, target: Target, protect:
     return PruneResult(sel, first, protect, info)
 
 
-@torch.no_grad()
-def _update_traces(model, traces, r: int) -> None:
-    """After removing block ``r`` (current numbering): keep inputs up to r, re-run the blocks after it."""
-    n = num_blocks(model)
-    for trace, _ in traces:
-        del trace.calls[r]
-        h = trace.inputs[r]
-        del trace.inputs[r:]
-        for i in range(r, n):
-            trace.inputs.append(h)
-            h = run_block(model, trace, i, h)
-        trace.output = h
+def _rounds_expected(target: Target, goal, total: int, params: list[int]) -> int:
+    """Rounds the target needs if blocks are of average size (the bar's total; exact for --num-blocks)."""
+    if target.num_blocks is not None:
+        return target.num_blocks
+    return max(1, math.ceil((total - goal) / (sum(params) / len(params))))
 
 
 def _goal(target: Target, total: int, params: list[int], removable: int) -> float | None:

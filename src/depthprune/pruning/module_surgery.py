@@ -6,21 +6,15 @@ A block losing both modules is removed as a whole, so the result is then identic
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
-from dataclasses import asdict
 
 from depthprune.core import skip as module_file
-from depthprune.core.skip import REMOVED_KEY, SPEC_KEY, restore_parts, skip_part
+from depthprune.core.skip import REMOVED_KEY, SPEC_KEY, skip_part
 from depthprune.errors import DepthpruneError
-from depthprune.models.specs import get_blocks, spec_for
+from depthprune.models.skipping import module_spec_dict
+from depthprune.models.specs import get_blocks
 from depthprune.pruning.surgery import remove_blocks
 
 REMOTE_CODE_FILE = "modeling_depthprune.py"
-
-
-def module_spec_dict(model) -> dict:
-    spec = asdict(spec_for(model))
-    return {k: spec[k] for k in ("blocks", "attention", "mlp", "attn_norms", "mlp_norms")}
 
 
 def parse_label(label: str) -> tuple[int, str]:
@@ -62,17 +56,6 @@ def remove_modules(model, labels) -> dict:
         setattr(model.config, REMOVED_KEY, renumbered)
         setattr(model.config, SPEC_KEY, spec)
     return {"removed_blocks": whole, "removed_attn": single["attn"], "removed_mlp": single["mlp"]}
-
-
-@contextmanager
-def module_skipped(model, block_idx: int, part: str):
-    """Temporarily skip one module (for scoring)."""
-    block = get_blocks(model)[block_idx]
-    undo = skip_part(block, part, module_spec_dict(model))
-    try:
-        yield model
-    finally:
-        restore_parts(block, undo)
 
 
 def remote_code_files(model) -> dict[str, str]:

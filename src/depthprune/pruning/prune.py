@@ -1,30 +1,52 @@
-"""One-shot depth pruning from Python: score (or reuse scores), select, remove blocks, save."""
+"""One-shot depth pruning of a model in place from its scores, and the result every kind of pruning returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from depthprune.errors import DepthpruneError
-from depthprune.importance.base import PLUS_ALIASES, PLUS_PROTECT, BlockScores, model_fingerprint, resolve_criterion
+from depthprune.importance.base import BlockScores, implied_protection, model_fingerprint
+from depthprune.models.params import candidate_params, count_params
 from depthprune.models.specs import num_blocks
 from depthprune.pruning.module_surgery import remove_modules
-from depthprune.pruning.params import candidate_params, count_params
 from depthprune.pruning.selection import Selection, Target, select_blocks
 from depthprune.pruning.surgery import remove_blocks
 
 
 @dataclass
 class PruneResult:
-    selection: Selection
-    scores: BlockScores
+    """What pruning did: ``removed`` candidates, parameter counts, the pruned ``model``; ``save`` writes it."""
+
+    selection: Selection | None
+    scores: BlockScores | None
     protect: tuple[int, int]
     info: dict = field(default_factory=dict)
+    model: object = None
+    tokenizer: object = None
+
+    @property
+    def removed(self) -> list:
+        """Removed blocks (original numbering), or module labels such as ``"3.attn"``; [] for width pruning."""
+        return list(self.info.get("removed_candidates", []))
+
+    @property
+    def params_before(self) -> int:
+        return int(self.info["params_before"])
+
+    @property
+    def params_after(self) -> int:
+        return int(self.info["params_after"])
+
+    def save(self, output, overwrite: bool = False):
+        """A stock checkpoint (+ ``pruning.json``, ``scores.png``, remote code for module-pruned models)."""
+        from depthprune.pruning.save import save_pruned
+
+        return save_pruned(self, output, overwrite)
 
 
 def resolve_protection(criterion: str, protect_first: int | None, protect_last: int | None) -> tuple[int, int]:
     """Explicit --protect-* win; a '+' criterion name implies (4, 2); otherwise nothing is protected."""
-    _, implied = resolve_criterion(criterion)
-    first, last = implied or (0, 0)
+    first, last = implied_protection(criterion)
     return (first if protect_first is None else protect_first, last if protect_last is None else protect_last)
 
 
@@ -46,7 +68,7 @@ def prune_blocks(model, scores: BlockScores, target: Target, protect: tuple[int,
     """
     check_scores_match(scores, model)
     if protect is None:
-        protect = PLUS_PROTECT if scores.criterion in PLUS_ALIASES else (0, 0)
+        protect = tuple(scores.protect or (0, 0))
     sel = select_blocks(scores, candidate_params(model, scores.unit), count_params(model), target, *protect)
     n_before = num_blocks(model)
     if scores.unit == "block":

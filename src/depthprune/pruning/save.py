@@ -1,4 +1,4 @@
-"""Saving pruned models atomically: a temporary directory beside the target, renamed when complete."""
+"""Saving pruned models atomically (a temporary directory beside the target, renamed when complete)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 
 from depthprune.core.io import staged_dir
 from depthprune.errors import DepthpruneError
+from depthprune.importance.plot import plot_block_scores
+from depthprune.pruning.module_surgery import REMOTE_CODE_FILE, remote_code_files
 
 PRUNING_FILE = "pruning.json"
 
@@ -34,3 +36,23 @@ def save_checkpoint(model, tokenizer, output: str | os.PathLike, extra: dict | N
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return out
+
+
+def save_pruned(result, output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a ``PruneResult``: the checkpoint, ``pruning.json``, remote code when needed, ``scores.png``."""
+    if result.model is None:
+        raise DepthpruneError("this PruneResult holds no model (it was built from scores only); nothing to save")
+    files = remote_code_files(result.model)
+    out = save_checkpoint(result.model, result.tokenizer, output, result.info, overwrite=overwrite,
+                          extra_files=files)
+    if result.scores is not None and result.selection is not None:
+        plot_block_scores(result.scores, out / "scores.png", removed=result.selection.removed,
+                          protected=result.selection.protected)
+    return out
+
+
+def load_instructions_for(out: Path) -> str:
+    """How the saved checkpoint loads (printed after saving)."""
+    if (out / REMOTE_CODE_FILE).is_file():
+        return "depthprune.load, or AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
+    return "AutoModelForCausalLM.from_pretrained"

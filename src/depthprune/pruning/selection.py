@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from depthprune.errors import DepthpruneError
-from depthprune.importance.base import BlockScores
+from depthprune.importance.base import BlockScores, lowest_first, resolve_criterion
 
 
 @dataclass(frozen=True)
@@ -56,56 +56,53 @@ def protected_blocks(n_blocks: int, first: int = 0, last: int = 0) -> list[int]:
     return sorted(set(range(min(first, n_blocks))) | set(range(max(0, n_blocks - last), n_blocks)))
 
 
+def _selector(criterion: str):
+    """The criterion's ``select`` (its removal rule), or the default lowest-first rule for unknown names."""
+    try:
+        return resolve_criterion(criterion)[0].select
+    except DepthpruneError:  # scores from elsewhere (e.g. a hand-made file): lowest scores first
+        return lowest_first
+
+
 def select_blocks(scores: BlockScores, block_params: list[int], total_params: int, target: Target,
-                  protect_first: int = 0, protect_last: int = 0) -> Selection:
+                  protect_first: int | None = None, protect_last: int | None = None) -> Selection:
     """Remove the lowest-scored unprotected candidates until the target is met (one shot).
 
     ``block_params`` holds one parameter count per candidate (per block, or per module with
     ``unit='module'``, where ``--num-blocks`` counts modules). Candidates of protected blocks are never
-    removed. ``Selection.removed`` holds block indices for blocks and candidate positions for modules.
+    removed; protection defaults to what the scores carry ("+" criteria: first 4 / last 2). Which k
+    candidates go is the criterion's ``select`` (angular: a contiguous span). ``Selection.removed`` holds block
+    indices for blocks and candidate positions for modules.
     """
     n = len(scores.scores)
     if len(block_params) != n:
         raise DepthpruneError(f"scores have {n} {scores.unit} candidates; the model has {len(block_params)}")
+    first, last = scores.protect if scores.protect else (0, 0)
+    first = first if protect_first is None else protect_first
+    last = last if protect_last is None else protect_last
     n_blocks = n if scores.unit == "block" else n // 2
-    protected = protected_blocks(n_blocks, protect_first, protect_last)
+    protected = protected_blocks(n_blocks, first, last)
     owner = [int(str(c).split(".")[0]) for c in scores.candidates]
     candidates = [i for i in range(n) if owner[i] not in protected]
     if not candidates:
         raise DepthpruneError(
-            f"--protect-first {protect_first} and --protect-last {protect_last} protect all {n_blocks} blocks; "
-            "nothing left to remove"
+            f"--protect-first {first} and --protect-last {last} protect all {n_blocks} blocks; nothing left to remove"
         )
-    spans = scores.metadata.get("span_distances") if scores.criterion == "angular" else None
-    orders = _span_orders(spans, candidates, n) if spans else None
-    order = sorted(candidates, key=lambda i: (scores.scores[i], i))
-    k = _blocks_needed(target, candidates, order, orders, block_params, total_params, n)
-    removed = sorted(orders[k] if orders else order[:k])
+    select = _selector(scores.criterion)
+    sets = {k: chosen for k in range(1, len(candidates) + 1) if (chosen := select(scores, candidates, k)) is not None}
+    k = _blocks_needed(target, len(candidates), sets, block_params, total_params, n)
+    removed = sorted(sets[k])
     after = total_params - sum(block_params[i] for i in removed)
     return Selection(removed, protected, total_params, after)
 
 
-def _span_orders(spans: dict, candidates: list[int], n: int) -> dict[int, list[int]]:
-    """For each k, the contiguous span of k unprotected blocks with the smallest angular distance."""
-    allowed = set(candidates)
-    out = {}
-    for k in range(1, n + 1):
-        options = [
-            (d, start) for start, d in enumerate(spans.get(str(k), []))
-            if all(i in allowed for i in range(start, start + k))
-        ]
-        if options:
-            out[k] = list(range(min(options)[1], min(options)[1] + k))
-    return out
-
-
-def _blocks_needed(target, candidates, order, orders, block_params, total, n) -> int:
-    limit = max(orders) if orders else len(candidates)
+def _blocks_needed(target, n_candidates, sets, block_params, total, n) -> int:
+    limit = max(sets) if sets else 0
     if target.num_blocks is not None:
-        if target.num_blocks > limit:
+        if target.num_blocks not in sets:
             raise DepthpruneError(
                 f"--num-blocks {target.num_blocks} exceeds the {limit} removable blocks "
-                f"({n} blocks, {n - len(candidates)} protected)"
+                f"({n} blocks, {n - n_candidates} protected)"
             )
         return target.num_blocks
     goal = total * (1 - target.ratio) if target.ratio is not None else target.target_params
@@ -115,9 +112,8 @@ def _blocks_needed(target, candidates, order, orders, block_params, total, n) ->
             f"target of {int(goal):,} parameters is below the {non_block:,} parameters outside the blocks "
             "(embeddings, head, norms); depth pruning cannot reach it"
         )
-    for k in range(1, limit + 1):
-        chosen = orders[k] if orders else order[:k]
-        if total - sum(block_params[i] for i in chosen) <= goal:
+    for k in sorted(sets):
+        if total - sum(block_params[i] for i in sets[k]) <= goal:
             return k
     raise DepthpruneError(
         f"target {target.describe()} needs more than the {limit} removable blocks; "

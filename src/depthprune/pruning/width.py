@@ -32,22 +32,14 @@ import math
 from dataclasses import dataclass, field
 
 from depthprune.errors import DepthpruneError
+from depthprune.importance.width import WidthScores, score_width
+from depthprune.models.params import block_params, count_params
 from depthprune.models.specs import num_blocks
-from depthprune.pruning.params import block_params, count_params
+from depthprune.models.width_layout import Dims, check_layout, layout, model_dims, unit_costs
 from depthprune.pruning.selection import Target, protected_blocks
-from depthprune.pruning.width_scores import (
-    WIDTH_CRITERIA,
-    Dims,
-    WidthScores,
-    check_layout,
-    layout,
-    model_dims,
-    score_width,
-    unit_costs,
-)
 from depthprune.pruning.width_surgery import BlockKeep, apply_width, select_units
 
-__all__ = ["WIDTH_CRITERIA", "BlockKeep", "Dims", "WidthPlan", "WidthResult", "WidthScores", "plan_width",
+__all__ = ["BlockKeep", "Dims", "WidthPlan", "WidthResult", "WidthScores", "plan_width",
            "prune_width", "score_width"]
 
 

@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
+from depthprune.importance.width import WidthScores
 from depthprune.models.specs import get_blocks
-from depthprune.pruning.width_scores import Dims, Slice, WidthScores, layout
+from depthprune.models.width_layout import Dims, Slice, layout
 
 
 @dataclass

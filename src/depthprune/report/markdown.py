@@ -9,8 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from depthprune.core.format import fmt_params
 from depthprune.report.collect import ExperimentData, ModelResult, ScoreSet
-from depthprune.report.format import fmt_params
 
 REPORT_FILE = "report.md"
 
@@ -135,7 +135,7 @@ def _target_text(t: dict) -> str:
 
 def scores_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[str, Path], tmp: Path) -> str:
     from depthprune.importance.base import BlockScores
-    from depthprune.report.plots import plot_block_scores
+    from depthprune.importance.plot import plot_block_scores
 
     sets = [s for exp in experiments for s in exp.score_sets]
     if not sets:
@@ -255,7 +255,7 @@ def zeroshot_section(experiments: list[ExperimentData], lab: Labeller, plots: di
 
 
 def speed_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[str, Path], tmp: Path) -> str:
-    from depthprune.bench.report import markdown_report, plot_latency_throughput
+    from depthprune.speed.report import markdown_report, plot_latency_throughput
 
     out = []
     for exp in experiments:

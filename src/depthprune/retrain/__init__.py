@@ -1,17 +1,18 @@
-"""Retraining pruned models: LoRA, continued pretraining (CPT), and CPT then LoRA.
+"""Retraining pruned models: LoRA, continued pretraining (CPT), and CPT then LoRA; ``retrain`` in one call.
 
 One Accelerate-driven loop serves a CPU, one GPU, and many GPUs under ``accelerate launch`` (DDP or FSDP),
 with atomic checkpoints, exact resume and Ctrl-C checkpointing.
 """
 
-from depthprune.retrain.config import TrainConfig
-from depthprune.retrain.cpt import CPT_TRAIN_DEFAULTS, CptOptions, run_cpt
+from depthprune.retrain.cpt import run_cpt
 from depthprune.retrain.data import instruction_dataset, load_instructions, packed_text_dataset
 from depthprune.retrain.engine import LOG_FILE, CausalLMLoss, Trainer
-from depthprune.retrain.lora import LORA_TRAIN_DEFAULTS, LoraOptions, default_targets, run_lora
+from depthprune.retrain.lora import default_targets, run_lora
+from depthprune.retrain.options import CptOptions, LoraOptions, TrainOptions
+from depthprune.retrain.run import KINDS, RetrainResult, retrain
 
 __all__ = [
-    "CPT_TRAIN_DEFAULTS", "LOG_FILE", "LORA_TRAIN_DEFAULTS", "CausalLMLoss", "CptOptions", "LoraOptions",
-    "TrainConfig", "Trainer", "default_targets", "instruction_dataset", "load_instructions",
-    "packed_text_dataset", "run_cpt", "run_lora",
+    "KINDS", "LOG_FILE", "CausalLMLoss", "CptOptions", "LoraOptions", "RetrainResult", "TrainOptions", "Trainer",
+    "default_targets", "instruction_dataset", "load_instructions", "packed_text_dataset", "retrain", "run_cpt",
+    "run_lora",
 ]

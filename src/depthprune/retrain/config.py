@@ -1,10 +1,8 @@
-"""Training settings, their validation, the run directory check, the Accelerator, optimizer and schedule."""
+"""The run directory check, the Accelerator, the optimizer and the schedule of a retraining run."""
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,76 +10,13 @@ import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
 from depthprune.retrain.checkpoint import latest_checkpoint, list_checkpoints
-
-SCHEDULES = ("cosine", "linear", "constant")
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+from depthprune.retrain.options import TrainOptions
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation, schedule, checkpointing and hardware settings shared by LoRA and CPT."""
-
-    output: str
-    lr: float = 1e-4
-    batch_size: int = 64
-    """Global (effective) batch in examples: micro_batch_size x processes x accumulation steps."""
-    micro_batch_size: int = 4
-    epochs: int | None = None
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    schedule: str = "cosine"
-    warmup_ratio: float = 0.03
-    warmup_steps: int | None = None
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    save_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    resume: bool = False
-    overwrite: bool = False
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
-    cpu: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        def positive(name: str, value, optional: bool = True) -> None:
-            if (value is None and not optional) or (value is not None and (value != value or value <= 0)):
-                raise DepthpruneError(f"{name} must be > 0, got {value}")
-
-        positive("--lr", self.lr, optional=False)
-        if not math.isfinite(self.lr):
-            raise DepthpruneError(f"--lr must be a finite number, got {self.lr}")
-        for name, value in (("--batch-size", self.batch_size), ("--micro-batch-size", self.micro_batch_size),
-                            ("--log-every", self.log_every), ("--keep-checkpoints", self.keep_checkpoints)):
-            positive(name, value, optional=False)
-        for name, value in (("--epochs", self.epochs), ("--max-steps", self.max_steps),
-                            ("--max-tokens", self.max_tokens)):
-            positive(name, value)
-        if self.schedule not in SCHEDULES:
-            raise DepthpruneError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise DepthpruneError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise DepthpruneError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise DepthpruneError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise DepthpruneError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.save_every < 0:
-            raise DepthpruneError("--weight-decay, --max-grad-norm and --save-every must be >= 0")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise DepthpruneError(f"--betas must be two numbers in [0, 1), got {self.betas}")
-        if self.resume and self.overwrite:
-            raise DepthpruneError("--resume continues the run in --output; --overwrite would delete it: pick one")
-
-
-def check_output(cfg: TrainConfig, model_src: str | None = None) -> Path | None:
+def check_output(cfg: TrainOptions, model_src: str | None = None) -> Path | None:
     """Validate ``--output`` for a fresh run or ``--resume`` without writing anything; the checkpoint to resume."""
+    if not cfg.output:
+        raise DepthpruneError("--output is required: the run directory for the model, its log and checkpoints")
     out = Path(cfg.output)
     if model_src and out.exists() and Path(model_src).expanduser().resolve() == out.resolve():
         raise DepthpruneError(f"--output {out} is the input --model directory; choose another --output")
@@ -105,19 +40,21 @@ def resolve_mixed_precision(choice: str, cpu: bool = False) -> str | None:
     return choice
 
 
-def use_cpu(cfg: TrainConfig) -> bool:
-    """``--cpu``, or several launched processes (torchrun / accelerate launch) on a machine without GPUs."""
+def use_cpu(cfg: TrainOptions) -> bool:
+    """``--device cpu``, or several launched processes (torchrun / accelerate launch) on a machine without GPUs."""
     if cfg.cpu:
         return True
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) >= 0
     return launched and not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainOptions):
     """The Accelerator for this process: device, process group (gloo on CPUs) and mixed precision."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise DepthpruneError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     cpu = use_cpu(cfg)
     acc = Accelerator(cpu=cpu, mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cpu),
                       step_scheduler_with_optimizer=False)
@@ -125,7 +62,7 @@ def make_accelerator(cfg: TrainConfig):
     return acc
 
 
-def build_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, cfg: TrainOptions) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; no weight decay on biases and norm weights (1-d tensors)."""
     decay, no_decay = [], []
     for p in module.parameters():
@@ -138,7 +75,7 @@ def build_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainOptions, total: int):
     from transformers.optimization import (
         get_constant_schedule_with_warmup,
         get_cosine_with_min_lr_schedule_with_warmup,

@@ -2,57 +2,46 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from depthprune.data.tokens import check_seq_len
-from depthprune.retrain.config import TrainConfig, check_output, make_accelerator
+from depthprune.retrain.config import check_output, make_accelerator
 from depthprune.retrain.data import packed_text_dataset
 from depthprune.retrain.engine import CausalLMLoss
-from depthprune.retrain.output import cast_for_save, check_save_dtype
-from depthprune.retrain.runner import check_seq_len_fits, load_for_training, train_and_export
-
-CPT_TRAIN_DEFAULTS = dict(lr=1e-4, batch_size=32, micro_batch_size=4, schedule="cosine", min_lr_ratio=0.1,
-                          weight_decay=0.1, betas=(0.9, 0.95), max_grad_norm=1.0)
-"""AdamW (0.9, 0.95), weight decay 0.1, lr 1e-4, clipping at 1.0, warmup then cosine."""
+from depthprune.retrain.options import DEFAULT_CPT_SEQ_LEN, CptOptions
+from depthprune.retrain.output import cast_for_save
+from depthprune.retrain.runner import check_seq_len_fits, live_or_loaded, load_for_training, train_and_export
 
 
-@dataclass
-class CptOptions:
-    data: str = "c4_sample"
-    seq_len: int = 1024
-    """Model input length: BOS (when the tokenizer has one) + seq_len-1 text tokens."""
-    text_field: str = "text"
-    save_dtype: str = "auto"
-
-    def validate(self) -> None:
-        check_seq_len(self.seq_len)
-        check_save_dtype(self.save_dtype)
+def cpt_seq_len(model, opts: CptOptions) -> int:
+    """``--seq-len``, or by default 1024 cut to the model's ``max_position_embeddings``."""
+    if opts.seq_len is not None:
+        return opts.seq_len
+    limit = getattr(model.config, "max_position_embeddings", None) or DEFAULT_CPT_SEQ_LEN
+    return min(DEFAULT_CPT_SEQ_LEN, limit)
 
 
 def export_cpt(module: CausalLMLoss, tmp: Path, save_dtype: str) -> None:
     cast_for_save(module.lm, save_dtype).save_pretrained(tmp)
 
 
-def run_cpt(model_src: str | None, cfg: TrainConfig, opts: CptOptions, dtype: str = "float32",
-            cache_dir: str | None = None, callbacks: list | None = None) -> dict:
-    """``depthprune retrain cpt``: all parameters, next-token loss on packed sequences of ``seq_len``."""
-    cfg.validate()
-    opts.validate()
-    resume_from = check_output(cfg, model_src)
-    acc = make_accelerator(cfg)
-    lm = load_for_training(model_src, dtype, cache_dir)
-    check_seq_len_fits(lm.model, opts.seq_len, "--seq-len")
-    dataset = packed_text_dataset(opts.data, lm.tokenizer, opts.seq_len, opts.text_field)
+def run_cpt(opts: CptOptions, model=None, tokenizer=None, callbacks: list | None = None, on_final=None) -> dict:
+    """All parameters, next-token loss on packed sequences; ``model`` (loaded) or ``opts.model``."""
+    resume_from = check_output(opts, opts.model)
+    acc = make_accelerator(opts)
+    lm = live_or_loaded(opts, model, tokenizer)
+    seq_len = cpt_seq_len(lm.model, opts)
+    check_seq_len_fits(lm.model, seq_len, "--seq-len")
+    dataset = packed_text_dataset(opts.data, lm.tokenizer, seq_len, opts.text_field)
     for p in lm.model.parameters():
         p.requires_grad_(True)
 
     def rebuild() -> CausalLMLoss:
-        return CausalLMLoss(load_for_training(model_src, dtype, cache_dir).model)
+        return CausalLMLoss(load_for_training(opts.model, opts.dtype, opts.cache_dir).model)
 
-    fingerprint = {"method": "cpt", "data": opts.data, "seq_len": opts.seq_len, "text_field": opts.text_field}
-    info = {"method": "cpt", "cpt": asdict(opts), "data": opts.data}
+    fingerprint = {"method": "cpt", "data": opts.data, "seq_len": seq_len, "text_field": opts.text_field}
+    info = {"method": "cpt", "cpt": opts.model_dump() | {"seq_len": seq_len}, "data": opts.data}
     return train_and_export(
-        "cpt", acc, CausalLMLoss(lm.model), lm.tokenizer, dataset, cfg, fingerprint, resume_from, model_src,
+        "cpt", acc, CausalLMLoss(lm.model), lm.tokenizer, dataset, opts, fingerprint, resume_from, opts.model,
         lambda module, tmp: export_cpt(module, tmp, opts.save_dtype), rebuild, info, callbacks,
+        on_final,
     )

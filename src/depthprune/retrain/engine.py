@@ -39,8 +39,9 @@ from depthprune.retrain.checkpoint import (
     rng_snapshot,
     save_trainable,
 )
-from depthprune.retrain.config import TrainConfig, build_optimizer, build_scheduler
+from depthprune.retrain.config import build_optimizer, build_scheduler
 from depthprune.retrain.data import TokenDataset
+from depthprune.retrain.options import TrainOptions
 from depthprune.retrain.plan import DataPlan
 
 LOG_FILE = "train_log.jsonl"
@@ -99,7 +100,7 @@ class TrainResult:
 class Trainer:
     """Runs ``module`` (a :class:`CausalLMLoss`) over ``dataset`` with ``cfg`` under ``accelerator``."""
 
-    def __init__(self, accelerator, module: CausalLMLoss, dataset: TokenDataset, cfg: TrainConfig,
+    def __init__(self, accelerator, module: CausalLMLoss, dataset: TokenDataset, cfg: TrainOptions,
                  fingerprint: dict, resume_from: Path | None = None):
         self.acc, self.module, self.dataset, self.cfg = accelerator, module, dataset, cfg
         self.out = Path(cfg.output)
@@ -166,7 +167,7 @@ class Trainer:
                                     "num_processes": acc.num_processes}
             (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n")
             replace_dir(tmp, final)
-            prune_old(self.out, self.cfg.keep_checkpoints)
+            prune_old(self.out, max(1, self.cfg.keep_checkpoints))
         acc.wait_for_everyone()
         return final
 

@@ -3,51 +3,20 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, get_spec
-from depthprune.retrain.config import TrainConfig, check_output, make_accelerator
-from depthprune.retrain.data import ALPACA_DEMO, instruction_dataset, load_instructions
+from depthprune.retrain.config import check_output, make_accelerator
+from depthprune.retrain.data import instruction_dataset, load_instructions
 from depthprune.retrain.engine import CausalLMLoss
-from depthprune.retrain.output import cast_for_save, check_save_dtype
-from depthprune.retrain.runner import check_seq_len_fits, load_for_training, train_and_export
+from depthprune.retrain.options import LoraOptions
+from depthprune.retrain.output import cast_for_save
+from depthprune.retrain.runner import check_seq_len_fits, live_or_loaded, load_for_training, train_and_export
 
 ADAPTER_DIR = "adapter"
-
-LORA_TRAIN_DEFAULTS = dict(lr=1e-4, batch_size=64, micro_batch_size=4, epochs=2, schedule="linear",
-                           weight_decay=0.0, betas=(0.9, 0.999), max_grad_norm=1.0)
-"""Paper / LLM-Pruner settings: lr 1e-4, effective batch 64, 2 epochs."""
-
-
-@dataclass
-class LoraOptions:
-    data: str = ALPACA_DEMO
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
-    """Leaf module names; default: every projection of the blocks (from the architecture spec)."""
-    max_len: int = 256
-    train_on_inputs: bool = False
-    merge: bool = False
-    save_dtype: str = "auto"
-
-    def validate(self) -> None:
-        if self.rank < 1:
-            raise DepthpruneError(f"--rank must be >= 1, got {self.rank}")
-        if self.alpha <= 0:
-            raise DepthpruneError(f"--alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise DepthpruneError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
-        if self.max_len < 2:
-            raise DepthpruneError(f"--max-len must be >= 2, got {self.max_len}")
-        if self.target_modules is not None and not [t for t in self.target_modules if t.strip()]:
-            raise DepthpruneError("--target-modules is empty; give comma-separated names such as q_proj,v_proj")
-        check_save_dtype(self.save_dtype)
 
 
 def default_targets(model: nn.Module) -> list[str]:
@@ -106,33 +75,32 @@ def export_lora(module: CausalLMLoss, tmp: Path, merge: bool, save_dtype: str) -
     merged.save_pretrained(tmp)
 
 
-def run_lora(model_src: str | None, cfg: TrainConfig, opts: LoraOptions, dtype: str = "float32",
-             cache_dir: str | None = None, callbacks: list | None = None) -> dict:
-    """``depthprune retrain lora``: LoRA on every block projection, trained on Alpaca-format data."""
+def run_lora(opts: LoraOptions, model=None, tokenizer=None, callbacks: list | None = None,
+             on_final=None) -> dict:
+    """LoRA on every block projection, trained on Alpaca-format data; ``model`` (loaded) or ``opts.model``."""
     from accelerate.utils import set_seed
 
-    cfg.validate()
-    opts.validate()
-    resume_from = check_output(cfg, model_src)
+    resume_from = check_output(opts, opts.model)
     records = load_instructions(opts.data)
-    acc = make_accelerator(cfg)
-    lm = load_for_training(model_src, dtype, cache_dir)
+    acc = make_accelerator(opts)
+    lm = live_or_loaded(opts, model, tokenizer)
     targets = resolve_targets(lm.model, opts.target_modules)
-    check_seq_len_fits(lm.model, opts.max_len, "--max-len")
-    dataset = instruction_dataset(records, lm.tokenizer, opts.max_len, opts.train_on_inputs)
+    check_seq_len_fits(lm.model, opts.seq_len, "--max-len")
+    dataset = instruction_dataset(records, lm.tokenizer, opts.seq_len, opts.train_on_inputs)
 
     def build(model) -> CausalLMLoss:
-        set_seed(cfg.seed)  # the same adapter initialisation on every process and every run
+        set_seed(opts.seed)  # the same adapter initialisation on every process and every run
         return lora_module(apply_lora(model, opts, targets))
 
     def rebuild() -> CausalLMLoss:
-        return build(load_for_training(model_src, dtype, cache_dir).model)
+        return build(load_for_training(opts.model, opts.dtype, opts.cache_dir).model)
 
-    fingerprint = {"method": "lora", "data": opts.data, "max_len": opts.max_len,
+    fingerprint = {"method": "lora", "data": opts.data, "max_len": opts.seq_len,
                    "train_on_inputs": opts.train_on_inputs, "rank": opts.rank, "alpha": opts.alpha,
                    "targets": targets}
-    info = {"method": "lora", "lora": asdict(opts) | {"target_modules": targets}, "data": opts.data}
+    info = {"method": "lora", "lora": opts.model_dump() | {"target_modules": targets}, "data": opts.data}
     return train_and_export(
-        "lora", acc, build(lm.model), lm.tokenizer, dataset, cfg, fingerprint, resume_from, model_src,
+        "lora", acc, build(lm.model), lm.tokenizer, dataset, opts, fingerprint, resume_from, opts.model,
         lambda module, tmp: export_lora(module, tmp, opts.merge, opts.save_dtype), rebuild, info, callbacks,
+        on_final,
     )

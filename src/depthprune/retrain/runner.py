@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
+from depthprune.core.io import remove_tree
 from depthprune.errors import DepthpruneError
-from depthprune.retrain.config import TrainConfig
+from depthprune.models.loading import LoadedModel, model_source
+from depthprune.retrain.checkpoint import checkpoint_root
 from depthprune.retrain.engine import CausalLMLoss, Trainer
+from depthprune.retrain.options import TrainOptions
 from depthprune.retrain.output import prepare_for_export, write_final
 
 
@@ -19,6 +21,15 @@ def load_for_training(model_src: str | None, dtype: str, cache_dir: str | None):
     if dtype == "auto":
         dtype = "float32"
     return load_model(model_src, dtype=dtype, device="cpu", cache_dir=cache_dir)
+
+
+def live_or_loaded(opts, model=None, tokenizer=None):
+    """The model to train: the live one given (trained in place), else ``opts.model`` loaded for training."""
+    if model is None:
+        return load_for_training(opts.model, opts.dtype, opts.cache_dir)
+    if tokenizer is None:
+        raise DepthpruneError("retraining a live model needs its tokenizer too")
+    return LoadedModel(model, tokenizer, model_source(model))
 
 
 def check_seq_len_fits(model, length: int, flag: str) -> None:
@@ -33,10 +44,10 @@ def count_trainable(module) -> tuple[int, int]:
     return trainable, total
 
 
-def train_and_export(method: str, acc, module: CausalLMLoss, tokenizer, dataset, cfg: TrainConfig,
+def train_and_export(method: str, acc, module: CausalLMLoss, tokenizer, dataset, cfg: TrainOptions,
                      fingerprint: dict, resume_from: Path | None, model_src: str | None,
                      export: Callable[[CausalLMLoss, Path], None], rebuild: Callable[[], CausalLMLoss],
-                     info: dict, callbacks: list | None = None) -> dict:
+                     info: dict, callbacks: list | None = None, on_final: Callable | None = None) -> dict:
     """Train ``module`` on ``dataset`` and write the result into ``cfg.output``; returns the summary."""
     trainer = Trainer(acc, module, dataset, cfg, fingerprint, resume_from)
     trainer.callbacks.extend(callbacks or [])
@@ -48,12 +59,12 @@ def train_and_export(method: str, acc, module: CausalLMLoss, tokenizer, dataset,
               f"mixed precision {acc.mixed_precision}", flush=True)
     result = trainer.fit()
     final = trainer.final_module(rebuild)
-    summary = {"method": method, "source_model": model_src or "gemma-3-270m", "output": str(cfg.output),
+    summary = {"method": method, "source_model": model_src or model_source(module.lm), "output": str(cfg.output),
                "trainable_params": trainable, "total_params": total, "num_processes": acc.num_processes,
                "mixed_precision": str(acc.mixed_precision)} | result.to_json()
     if final is not None:
         prepare_for_export(final.lm)
-        payload = info | {"train": asdict(cfg), "result": summary}
+        payload = info | {"train": cfg.model_dump(), "result": summary}
 
         def writer(tmp: Path) -> None:
             export(final, tmp)
@@ -61,6 +72,10 @@ def train_and_export(method: str, acc, module: CausalLMLoss, tokenizer, dataset,
                 tokenizer.save_pretrained(tmp)
 
         write_final(cfg.output, writer, model_src, payload)
+        if cfg.keep_checkpoints == 0:  # finished: resume checkpoints have served their purpose
+            remove_tree(checkpoint_root(cfg.output))
+        if on_final is not None:
+            on_final(final)
         tps = result.tokens_seen / result.wall_s if result.wall_s > 0 else float("nan")
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
         print(f"Done: {result.steps} steps ({result.epochs:.2f} epochs), {result.tokens_seen:,} tokens seen in "

@@ -14,15 +14,8 @@ from pathlib import Path
 import torch
 
 from depthprune.errors import DepthpruneError
-from depthprune.models.loading import (
-    DTYPES,
-    LoadedModel,
-    _effective_device,
-    estimate_model_bytes,
-    gpu_free_bytes,
-    load_model,
-    plan_device_map,
-)
+from depthprune.models.loading import LoadedModel, load_model
+from depthprune.models.placement import DTYPES, _effective_device, estimate_model_bytes, gpu_free_bytes, plan_device_map
 from depthprune.models.specs import get_spec
 
 CONFIG_PREFIX = "config:"

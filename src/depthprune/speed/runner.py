@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import gc
 import platform
-import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import torch
 
-from depthprune.bench.ideal import attention_flops_per_token, cost_model
-from depthprune.bench.measure import free_memory, is_oom, make_prompt, measure_setting, model_devices
-from depthprune.bench.report import add_comparisons
-from depthprune.bench.sources import check_source, load_bench_model, source_label
+from depthprune.core.options import build
+from depthprune.core.versions import library_versions
 from depthprune.errors import DepthpruneError
+from depthprune.models.loading import LoadedModel, model_source
+from depthprune.models.options import ModelOptions
 from depthprune.models.specs import num_blocks
+from depthprune.speed.ideal import attention_flops_per_token, cost_model
+from depthprune.speed.measure import free_memory, is_oom, make_prompt, measure_setting, model_devices
+from depthprune.speed.options import BenchOptions, int_list
+from depthprune.speed.report import add_comparisons
+from depthprune.speed.sources import check_source, load_bench_model, source_label
 
 ATTENTION_NOTE = ("flops_per_token counts 2 x multiply-adds of the linear layers (kept blocks, LM head, linear "
                   "layers outside the blocks); attention-score FLOPs are excluded from it and given per setting "
@@ -25,49 +28,21 @@ BYTES_NOTE = ("bytes_per_token counts weights read per generated token: kept blo
               "tied); KV-cache reads are not counted")
 
 
-@dataclass
-class BenchOptions:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
-    output_lengths: list[int] = field(default_factory=lambda: [128, 512])
-    input_tokens: int = 12
-    warmup: int = 10
-    runs: int = 20
-    dtype: str = "auto"
-    device: str = "auto"
-    cache_dir: str | None = None
-
-    def validate(self) -> None:
-        for name, values in (("--batch-sizes", self.batch_sizes), ("--output-lengths", self.output_lengths)):
-            if not values:
-                raise DepthpruneError(f"{name} is empty; give positive integers separated by commas, e.g. 1,4,16")
-            bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 1]
-            if bad:
-                raise DepthpruneError(f"{name} must be positive integers, got {bad[0]!r}; e.g. 1,4,16")
-        for name, value, low in (("--input-tokens", self.input_tokens, 1), ("--runs", self.runs, 1),
-                                 ("--warmup", self.warmup, 0)):
-            if not isinstance(value, int) or value < low:
-                raise DepthpruneError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def parse_int_list(name: str, text: str) -> list[int]:
     """``"1,4,16"`` -> ``[1, 4, 16]`` (sorted, unique); anything but positive integers is a DepthpruneError."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if not any(parts):
-        raise DepthpruneError(f"{name} is empty; give positive integers separated by commas, e.g. 1,4,16")
-    values = []
-    for part in parts:
-        if not re.fullmatch(r"[+-]?\d+", part):
-            raise DepthpruneError(f"{name}: {part!r} is not an integer; give positive integers like 1,4,16")
-        value = int(part)
-        if value < 1:
-            raise DepthpruneError(f"{name} must be positive integers, got {value}; e.g. 1,4,16")
-        values.append(value)
-    return sorted(set(values))
+    try:
+        return int_list(text)
+    except ValueError as exc:
+        raise DepthpruneError(f"{name} {exc}") from None
+
+
+PROTOCOL_NOTES = {"generation": "greedy, min_new_tokens = max_new_tokens = L (EOS cannot stop)",
+                  "throughput": "M x L / mean latency", "latency": "includes the prompt prefill",
+                  "std": "sample standard deviation over the timed runs", "bytes_note": BYTES_NOTE,
+                  "flops_note": ATTENTION_NOTE}
 
 
 def environment() -> dict:
-    from depthprune.core.versions import library_versions
-
     env = library_versions() | {"python": platform.python_version(), "platform": platform.platform(),
                                 "cpu": platform.processor() or platform.machine(),
                                 "torch_threads": torch.get_num_threads()}
@@ -77,10 +52,10 @@ def environment() -> dict:
     return env
 
 
-def _unique_labels(sources: list[str]) -> list[str]:
+def _unique_labels(sources: list) -> list[str]:
     labels, seen = [], {}
     for src in sources:
-        label = source_label(src)
+        label = source_label(src) if isinstance(src, str) else model_source(_model_of(src))
         seen[label] = seen.get(label, 0) + 1
         labels.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
     return labels
@@ -98,39 +73,68 @@ def _pad_id(lm) -> int | None:
     return getattr(lm.model.config, "pad_token_id", None)
 
 
-def run_benchmark(sources: list[str], opts: BenchOptions, on_model_done: Callable[[dict], None] | None = None,
-                  log: Callable[[str], None] = print) -> dict:
-    """Load each model in turn, measure every (M, L) setting, and return the results dict (see docs)."""
+def _model_of(src):
+    return src[0] if isinstance(src, (tuple, list)) else src
+
+
+def run_benchmark(sources: list, opts: BenchOptions, load: ModelOptions | None = None,
+                  on_model_done: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Measure every (M, L) setting of each model in turn; the first is the baseline. Returns the results dict.
+
+    A source is anything ``load_model`` takes (loaded with ``load``'s dtype/device), a ``config:`` path (random
+    weights), a loaded model, or a (model, tokenizer) pair.
+    """
     if not sources:
         raise DepthpruneError("give at least one --model")
-    opts.validate()
+    load = load or ModelOptions()
     for src in sources:
-        check_source(src)
+        if isinstance(src, str):
+            check_source(src)
     result = {
-        "protocol": asdict(opts) | {"generation": "greedy, min_new_tokens = max_new_tokens = L (EOS cannot stop)",
-                                    "throughput": "M x L / mean latency", "latency": "includes the prompt prefill",
-                                    "std": "sample standard deviation over the timed runs",
-                                    "bytes_note": BYTES_NOTE, "flops_note": ATTENTION_NOTE},
+        "protocol": opts.model_dump() | {"dtype": load.dtype, "device": load.device} | PROTOCOL_NOTES,
         "environment": environment(),
         "baseline": None,
         "models": [],
         "settings": [],
         "complete": False,
     }
-    for src, label in zip(sources, _unique_labels(sources)):
-        result["baseline"] = result["baseline"] or label
-        _bench_one(src, label, opts, result, log)
-        add_comparisons(result)
-        if on_model_done is not None:
-            on_model_done(result)
+    threads = torch.get_num_threads()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    try:
+        result["environment"]["torch_threads"] = torch.get_num_threads()
+        for src, label in zip(sources, _unique_labels(sources)):
+            result["baseline"] = result["baseline"] or label
+            _bench_one(src, label, opts, load, result, log)
+            add_comparisons(result)
+            if on_model_done is not None:
+                on_model_done(result)
+    finally:
+        torch.set_num_threads(threads)
     result["complete"] = True
     return result
 
 
-def _bench_one(src: str, label: str, opts: BenchOptions, result: dict, log: Callable[[str], None]) -> None:
-    log(f"Loading {src} ...")
+def bench(models: list, *, log: Callable[[str], None] | None = print, on_model_done=None, dtype: str = "auto",
+          device: str = "auto", cache_dir: str | None = None, **options) -> dict:
+    """Latency, throughput and peak memory of ``models`` (loaded models, (model, tokenizer) pairs, or sources)
+    at every (batch size, output length) of ``options`` (``BenchOptions``); the first model is the baseline."""
+    opts = build(BenchOptions, options)
+    load = build(ModelOptions, {"dtype": dtype, "device": device, "cache_dir": cache_dir})
+    return run_benchmark(list(models), opts, load, on_model_done, log or (lambda _msg: None))
+
+
+def _bench_one(src, label: str, opts: BenchOptions, load: ModelOptions, result: dict,
+               log: Callable[[str], None]) -> None:
+    live = not isinstance(src, str)
+    if live:
+        model = _model_of(src)
+        lm = LoadedModel(model, src[1] if isinstance(src, (tuple, list)) else None, model_source(model))
+        src = lm.source
+    else:
+        log(f"Loading {src} ...")
     try:
-        lm = load_bench_model(src, opts.dtype, opts.device, opts.cache_dir)
+        lm = lm if live else load_bench_model(src, load.dtype, load.device, load.cache_dir)
     except Exception as exc:
         if not is_oom(exc):
             raise
@@ -167,7 +171,7 @@ def _bench_one(src: str, label: str, opts: BenchOptions, result: dict, log: Call
             rec = {"model": label} | rec | {"attention_flops_per_token_mean_context": attn}
             result["settings"].append(rec)
             log(_progress_line(rec))
-    del model, lm
+    del model, lm  # a model the caller passed in stays alive with the caller
     gc.collect()
     free_memory(devices)
 

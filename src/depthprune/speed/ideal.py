@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 import torch.nn as nn
 
+from depthprune.models.params import count_params
 from depthprune.models.specs import final_modules, get_blocks
-from depthprune.pruning.params import count_params
 
 
 @dataclass

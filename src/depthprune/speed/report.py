@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from depthprune.core.format import fmt_params
 from depthprune.core.io import atomic_path
-from depthprune.report.format import fmt_params
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 

@@ -1,0 +1,57 @@
+"""Evaluation options, defined once: perplexity and zero-shot settings for the API, the CLI and the YAML."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from depthprune.core.options import FieldProblems, Options
+from depthprune.data.tokens import BOS_MODES
+from depthprune.errors import DepthpruneError
+from depthprune.evaluation.zeroshot import PAPER_TASKS, SOURCES, parse_tasks
+
+
+class PerplexitySettings(Options):
+    """How perplexity is measured: non-overlapping windows, BOS placement, batch."""
+
+    seq_len: int = Field(128, ge=2, description="text tokens per window")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N windows (default: all)")
+    batch_size: int = Field(8, ge=1, description="windows per forward pass")
+    text_field: str = Field("text", description="text field of .jsonl/.json records")
+    bos: Literal[BOS_MODES] = Field("every", description="BOS before every window (Gemma needs it), once before "
+                                                         "the whole text (the paper's LLaMA numbers), or none")
+
+
+class PerplexityOptions(PerplexitySettings):
+    dataset: str = Field("wikitext2", description="wikitext2, ptb, or a .txt/.jsonl path or hub id")
+
+
+class ZeroShotOptions(Options):
+    """The paper's 7 commonsense tasks through lm-evaluation-harness."""
+
+    tasks: list[str] | None = Field(None, validate_default=True, description="task names (default: all 7: " + ", ".join(PAPER_TASKS) + ")")
+    limit: int | None = Field(None, ge=1, description="score only the first N examples of each task")
+    batch_size: int = Field(8, ge=1, description="requests per forward pass")
+    source: Literal[SOURCES] = Field("auto", json_schema_extra={"cli": "--source"},
+                                     description="auto: the local data directory when it has the task, else "
+                                                 "lm-eval's hub task")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split(cls, v):
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str]:
+        if v is None:
+            return list(PAPER_TASKS)
+        bad = [((i,), f"unknown task {t!r}; available: {', '.join(PAPER_TASKS)}")
+               for i, t in enumerate(v) if t.removeprefix("depthprune_") not in PAPER_TASKS]
+        if bad:
+            raise FieldProblems(bad)
+        try:
+            return parse_tasks(v)
+        except DepthpruneError as exc:
+            raise ValueError(str(exc)) from None

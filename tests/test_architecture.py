@@ -39,7 +39,7 @@ def imports(tree):
         for child in ast.iter_child_nodes(node):
             inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.Import):
-                out += [(a.name, child.lineno, in_function) for a in child.names]
+                out.extend((a.name, child.lineno, in_function) for a in child.names)
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
                 out.append((child.module, child.lineno, in_function))
             visit(child, inner)

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from tiny import SAMPLE_TEXT, save_tiny
 
 from depthprune.cli import main
+from depthprune.core.options import build
 from depthprune.errors import DepthpruneError
 from depthprune.retrain import engine
-from depthprune.core.options import build
-from depthprune.retrain.options import TrainOptions
 from depthprune.retrain.data import IGNORE, instruction_dataset, load_instructions
+from depthprune.retrain.options import TrainOptions
 from depthprune.retrain.plan import DataPlan
 
 ROOT = Path(__file__).resolve().parents[1]

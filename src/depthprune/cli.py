@@ -7,12 +7,11 @@ import logging
 import os
 import sys
 
+from depthprune.commands import bench, ppl, prune, report, retrain, run, score, zeroshot
 from depthprune.errors import DepthpruneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from depthprune.commands import bench, ppl, prune, report, retrain, run, score, zeroshot
-
     parser = argparse.ArgumentParser(prog="depthprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)

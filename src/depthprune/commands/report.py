@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from depthprune.errors import DepthpruneError
+from depthprune.report.collect import collect
+from depthprune.report.markdown import render_report
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="report.md + plots comparing one or more 'depthprune run' directories",
@@ -28,13 +32,9 @@ def default_output(roots: list[Path]) -> Path:
 
 
 def run(args) -> int:
-    from depthprune.report.collect import collect
-    from depthprune.report.markdown import render_report
-
     experiments = collect(args.run_dirs)
     out = Path(args.output) if args.output else default_output([e.root for e in experiments])
     if out.exists() and not out.is_dir():
-        from depthprune.errors import DepthpruneError
 
         raise DepthpruneError(f"--output {out} is a file; give a directory")
     path = render_report(experiments, out)

@@ -6,6 +6,8 @@ resumes at the stage it reached (Ctrl-C keeps finished stages; training resumes 
 
 from __future__ import annotations
 
+from depthprune.pipeline import run_experiment
+
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run an experiment described by a YAML file (resumable)", description=__doc__)
@@ -19,7 +21,5 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from depthprune.pipeline import run_experiment
-
     run_experiment(args.config, args.runs_dir, force=args.force, dry_run=args.dry_run)
     return 0

@@ -11,6 +11,7 @@ from depthprune.core.options import Options, build
 from depthprune.data.sources import load_text
 from depthprune.data.tokens import bos_id, sample_windows, tokenize, with_bos
 from depthprune.errors import DataNotFoundError, DepthpruneError
+from depthprune.models.loading import input_device
 
 DEFAULT_CALIB_SOURCE = "war_and_peace"
 
@@ -45,7 +46,6 @@ class CalibrationSpec(Options):
 @dataclass
 class Calibration:
     """Model inputs (BOS prepended when the tokenizer has one) and the spec that made them."""
-
     input_ids: torch.Tensor
     spec: CalibrationSpec
 
@@ -80,8 +80,6 @@ def build_calibration(tokenizer, spec: CalibrationSpec | None = None, model=None
 @torch.no_grad()
 def self_generated(model, tokenizer, spec: CalibrationSpec) -> torch.Tensor:
     """``samples`` sequences sampled from the model itself, starting at BOS (or EOS when there is none)."""
-    from depthprune.models.loading import input_device
-
     start = bos_id(tokenizer)
     if start is None:
         start = tokenizer.eos_token_id

@@ -99,12 +99,17 @@ def _named_rows(name: str, src: NamedSource, path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
+def hub_dataset(path: str, config: str | None = None, split: str = "train"):
+    """``datasets.load_dataset`` (imported here: the hub is only a fallback, and ``datasets`` is slow to import)."""
+    import datasets  # heavy and rarely needed: only when a dataset is not found locally
+
+    return datasets.load_dataset(path, config, split=split)
+
+
 def _hub_rows(name: str, src: NamedSource) -> list[str]:
     path, cfg, split, column = src.hub
     try:
-        import datasets
-
-        ds = datasets.load_dataset(path, cfg, split=split)
+        ds = hub_dataset(path, cfg, split)
     except Exception as exc:  # offline, missing, ...
         tried = ", ".join(str(d / src.relpath) for d in data_dir_candidates())
         raise DataNotFoundError(
@@ -163,9 +168,7 @@ def _load_local(path: Path, text_field: str) -> str:
 
 def _load_hub_dataset(name: str, text_field: str) -> str:
     try:
-        import datasets
-
-        ds = datasets.load_dataset(name, split="train")
+        ds = hub_dataset(name)
     except Exception as exc:
         raise DataNotFoundError(
             f"dataset '{name}' is not a local file and could not be loaded from the hub ({type(exc).__name__}); "

@@ -14,7 +14,6 @@ from depthprune.evaluation.zeroshot import PAPER_TASKS, SOURCES, parse_tasks
 
 class PerplexitySettings(Options):
     """How perplexity is measured: non-overlapping windows, BOS placement, batch."""
-
     seq_len: int = Field(128, ge=2, description="text tokens per window")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N windows (default: all)")
     batch_size: int = Field(8, ge=1, description="windows per forward pass")
@@ -29,8 +28,8 @@ class PerplexityOptions(PerplexitySettings):
 
 class ZeroShotOptions(Options):
     """The paper's 7 commonsense tasks through lm-evaluation-harness."""
-
-    tasks: list[str] | None = Field(None, validate_default=True, description="task names (default: all 7: " + ", ".join(PAPER_TASKS) + ")")
+    tasks: list[str] | None = Field(None, validate_default=True,
+                                    description="task names (default: all 7: " + ", ".join(PAPER_TASKS) + ")")
     limit: int | None = Field(None, ge=1, description="score only the first N examples of each task")
     batch_size: int = Field(8, ge=1, description="requests per forward pass")
     source: Literal[SOURCES] = Field("auto", json_schema_extra={"cli": "--source"},

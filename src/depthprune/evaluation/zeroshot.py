@@ -15,7 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 
+import torch
+
+from depthprune.data.sources import data_dir_candidates
 from depthprune.errors import DataNotFoundError, DepthpruneError
+from depthprune.evaluation.lm_eval_tasks import TASKS_DIR
+from depthprune.evaluation.lm_eval_tasks.local_data import DATA_FILES, data_files
 
 PAPER_TASKS: tuple[str, ...] = (
     "boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
@@ -36,7 +41,6 @@ LOCAL_PREFIX = "depthprune_"
 @dataclass
 class TaskScore:
     """One task's accuracies (fractions in [0, 1]; None where the task does not define the metric)."""
-
     task: str
     source: str  # local | hub
     lm_eval_task: str
@@ -124,15 +128,12 @@ def parse_tasks(tasks: str | Iterable[str] | None) -> list[str]:
 
 def resolve_sources(tasks: Sequence[str], source: str = "auto") -> dict[str, str]:
     """``local`` or ``hub`` per task: local when the data directory holds the task's files (auto)."""
-    from depthprune.evaluation.lm_eval_tasks.local_data import DATA_FILES, data_files
-
     if source not in SOURCES:
         raise DepthpruneError(f"--source {source!r} is not one of: {', '.join(SOURCES)}")
     out = {}
     for t in tasks:
         found = source != "hub" and data_files(t) is not None
         if source == "local" and not found:
-            from depthprune.data.sources import data_dir_candidates
 
             wanted = " or ".join("+".join(opt) for opt in DATA_FILES[t])
             raise DataNotFoundError(
@@ -157,9 +158,8 @@ def _quiet_lm_eval(quiet: bool):
 
 def _load_tasks(tasks: Sequence[str], sources: dict[str, str]):
     """lm-eval Task objects, keyed by the standard name, and the TaskManager that built them."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # heavy (~2 s): imported when zero-shot runs
 
-    from depthprune.evaluation.lm_eval_tasks import TASKS_DIR
 
     need_hub = any(s == "hub" for s in sources.values())
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=need_hub)
@@ -184,8 +184,7 @@ def _load_tasks(tasks: Sequence[str], sources: dict[str, str]):
 
 def make_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = None):
     """Wrap a live model and its tokenizer in lm-eval's HFLM (BOS requested; log-softmax in float32)."""
-    import torch
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # heavy (~2 s): imported when zero-shot runs
 
     return HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
                 max_length=max_length, add_bos_token=True, softmax_dtype=torch.float32)
@@ -207,7 +206,6 @@ def _num(value) -> float | None:
 def _task_files(task: str, source: str) -> list[str]:
     if source != "local":
         return []
-    from depthprune.evaluation.lm_eval_tasks.local_data import data_files
 
     return [str(p) for p in data_files(task) or []]
 
@@ -220,7 +218,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     ``limit`` scores only the first N examples of each task (a quick look; the average is then partial).
     ``source``: ``auto`` (local data when found, else lm-eval's hub tasks), ``local`` or ``hub``.
     """
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # heavy (~2 s): imported when zero-shot runs
 
     names = parse_tasks(tasks)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

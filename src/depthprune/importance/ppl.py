@@ -14,11 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from depthprune.core.loss import chunked_nll, sequence_nll, shifted_labels
-from depthprune.core.trace import Trace, run_block, run_tail, trace_blocks
 from depthprune.importance.base import Criterion, Incremental, register
 from depthprune.models.loading import input_device
 from depthprune.models.skipping import module_skipped
 from depthprune.models.specs import num_blocks
+from depthprune.models.trace import Trace, run_block, run_tail, trace_blocks
 
 
 def calibration_traces(model, input_ids: torch.Tensor, batch_size: int) -> list[tuple[Trace, torch.Tensor]]:
@@ -77,7 +77,6 @@ def _naive_ppl(model, input_ids, unit, batch_size) -> list[float]:
 
 class PplIncremental(Incremental):
     """Calibration traces kept in step with the model: inputs before a removed block are reused."""
-
     def __init__(self, model, input_ids: torch.Tensor, batch_size: int, progress: bool = True):
         self.model, self.progress = model, progress
         self.traces = calibration_traces(model, input_ids, batch_size)

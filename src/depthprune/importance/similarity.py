@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from depthprune.core.trace import run_block, trace_blocks
 from depthprune.importance.base import BlockScores, Criterion, register
 from depthprune.models.loading import input_device
 from depthprune.models.skipping import module_skipped
 from depthprune.models.specs import num_blocks
+from depthprune.models.trace import run_block, trace_blocks
 
 
 def _batches(input_ids: torch.Tensor, batch_size: int, desc: str, progress: bool):

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from depthprune.core.skip import make_pruned_class
 from depthprune.errors import DepthpruneError
+from depthprune.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_checkpoint
 from depthprune.models.placement import _device_map, _effective_device, resolve_dtype
 from depthprune.models.specs import get_spec
 
@@ -19,7 +22,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     """A model, its tokenizer, and where they came from."""
-
     model: PreTrainedModel
     tokenizer: object
     source: str
@@ -78,15 +80,13 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load ``src``: a local HF directory, a ``.gguf`` file, a hub id, or ``gemma-3-270m`` (the default)."""
-    from depthprune.models.embedded import EMBEDDED_ALIASES, embedded_checkpoint
-
     src = src or "gemma-3-270m"
     torch_dtype = resolve_dtype(dtype, device)
     _effective_device(device)  # a bad --device fails before anything loads
     kwargs = dict(dtype=torch_dtype, device=device)
 
     if src in EMBEDDED_ALIASES:
-        path = embedded_checkpoint(cache_dir)
+        path = embedded_checkpoint(cache_dir, _convert_embedded)
         return _load_dir(path, kwargs, source=src)
 
     path = Path(src).expanduser()
@@ -136,10 +136,6 @@ def _loaded(model, tokenizer, source: str) -> LoadedModel:
 
 def load_module_pruned(path: Path, config, kwargs: dict) -> PreTrainedModel:
     """Rebuild a module-pruned checkpoint: the stock class with the listed attention/MLP modules skipped."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    from depthprune.core.skip import make_pruned_class
-
     removed = config.depthprune_removed_modules
     n = getattr(config, get_spec(config.model_type).num_layers_key)
     bad = [f"{part} {i}" for part, idxs in removed.items() for i in idxs if not 0 <= int(i) < n]
@@ -150,6 +146,10 @@ def load_module_pruned(path: Path, config, kwargs: dict) -> PreTrainedModel:
         )
     cls = make_pruned_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
     return cls.from_pretrained(path, config=config, **kwargs)
+
+
+def _convert_embedded(gguf_path: Path) -> LoadedModel:
+    return load_gguf(gguf_path, dict(dtype=torch.float32, device="cpu"), source=EMBEDDED_NAME)
 
 
 def load_gguf(path: Path, kwargs: dict, source: str) -> LoadedModel:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from depthprune.models.specs import get_blocks
+from depthprune.models.specs import get_blocks, spec_for
 
 
 def count_params(module: nn.Module) -> int:
@@ -25,8 +25,6 @@ def candidate_params(model, unit: str = "block") -> list[int]:
     """Parameters each candidate removes: whole blocks, or a block's attention/MLP with the norms only it uses."""
     if unit == "block":
         return block_params(model)
-    from depthprune.models.specs import spec_for
-
     spec = spec_for(model)
     out = []
     for block in get_blocks(model):

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM
 
 from depthprune.errors import DepthpruneError
@@ -95,8 +96,6 @@ def gpu_free_bytes() -> list[int]:
 
 def estimate_model_bytes(config, dtype: torch.dtype | str) -> int | None:
     """Weight bytes of a model built from ``config`` in ``dtype`` (tied weights once), without allocating it."""
-    from accelerate import init_empty_weights
-
     try:
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)

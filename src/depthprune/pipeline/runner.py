@@ -64,7 +64,7 @@ def forced_stages(stages: list[Stage], patterns: Iterable[str]) -> set[str]:
 def _locked(root: Path) -> Iterator[None]:
     """One ``depthprune run`` per experiment directory at a time."""
     try:
-        import fcntl
+        import fcntl  # POSIX only: the lock is skipped where it is missing
     except ImportError:  # Windows: no advisory lock
         yield
         return

@@ -9,6 +9,7 @@ from depthprune.importance.base import BlockScores, implied_protection, model_fi
 from depthprune.models.params import candidate_params, count_params
 from depthprune.models.specs import num_blocks
 from depthprune.pruning.module_surgery import remove_modules
+from depthprune.pruning.save import save_pruned
 from depthprune.pruning.selection import Selection, Target, select_blocks
 from depthprune.pruning.surgery import remove_blocks
 
@@ -16,7 +17,6 @@ from depthprune.pruning.surgery import remove_blocks
 @dataclass
 class PruneResult:
     """What pruning did: ``removed`` candidates, parameter counts, the pruned ``model``; ``save`` writes it."""
-
     selection: Selection | None
     scores: BlockScores | None
     protect: tuple[int, int]
@@ -39,8 +39,6 @@ class PruneResult:
 
     def save(self, output, overwrite: bool = False):
         """A stock checkpoint (+ ``pruning.json``, ``scores.png``, remote code for module-pruned models)."""
-        from depthprune.pruning.save import save_pruned
-
         return save_pruned(self, output, overwrite)
 
 

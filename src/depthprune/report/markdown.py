@@ -10,7 +10,12 @@ import tempfile
 from pathlib import Path
 
 from depthprune.core.format import fmt_params
+from depthprune.evaluation.zeroshot import PAPER_TASKS, SHORT_NAMES
+from depthprune.importance.base import BlockScores
+from depthprune.importance.plot import plot_block_scores
 from depthprune.report.collect import ExperimentData, ModelResult, ScoreSet
+from depthprune.report.plots import plot_metric_vs_params
+from depthprune.speed.report import markdown_report, plot_latency_throughput
 
 REPORT_FILE = "report.md"
 
@@ -49,7 +54,6 @@ def table(head: list[str], rows: list[list[str]], right: set[int] | None = None)
 
 class Labeller:
     """Short names for models: the parts (experiment, variant, target) that tell them apart."""
-
     def __init__(self, experiments: list[ExperimentData]):
         self.multi = len(experiments) > 1
 
@@ -134,9 +138,6 @@ def _target_text(t: dict) -> str:
 
 
 def scores_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[str, Path], tmp: Path) -> str:
-    from depthprune.importance.base import BlockScores
-    from depthprune.importance.plot import plot_block_scores
-
     sets = [s for exp in experiments for s in exp.score_sets]
     if not sets:
         return ""
@@ -196,8 +197,6 @@ def _with(results: list[ModelResult], attr: str) -> list[ModelResult]:
 
 
 def ppl_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[str, Path], tmp: Path) -> str:
-    from depthprune.report.plots import plot_metric_vs_params
-
     models = _with(_baselines(experiments), "ppl") + [r for e in experiments for r in _with(e.results, "ppl")
                                                       if not r.is_base]
     if not models:
@@ -225,9 +224,6 @@ def ppl_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[st
 
 
 def zeroshot_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[str, Path], tmp: Path) -> str:
-    from depthprune.evaluation.zeroshot import PAPER_TASKS, SHORT_NAMES
-    from depthprune.report.plots import plot_metric_vs_params
-
     models = _with(_baselines(experiments), "zeroshot") + [
         r for e in experiments for r in _with(e.results, "zeroshot") if not r.is_base]
     if not models:
@@ -255,8 +251,6 @@ def zeroshot_section(experiments: list[ExperimentData], lab: Labeller, plots: di
 
 
 def speed_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[str, Path], tmp: Path) -> str:
-    from depthprune.speed.report import markdown_report, plot_latency_throughput
-
     out = []
     for exp in experiments:
         if not exp.bench or not exp.bench.get("settings"):

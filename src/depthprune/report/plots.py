@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,7 +30,6 @@ def plot_metric_vs_params(panels: dict[str, dict[str, list[tuple[float, float]]]
         ax.set_title(name)
         ys = [y for pts in panels[name].values() for _, y in pts] + [y for _, _, y in (baselines or {}).get(name, [])]
         if log_y and ys and min(ys) > 0 and max(ys) > 3 * min(ys):
-            from matplotlib.ticker import FuncFormatter, NullFormatter
 
             ax.set_yscale("log")
             fmt = FuncFormatter(lambda y, _: f"{y:g}")

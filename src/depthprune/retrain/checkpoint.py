@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from depthprune.errors import DepthpruneError
 
@@ -56,16 +57,12 @@ def checkpoint_name(step: int) -> str:
 
 def save_trainable(model: torch.nn.Module, path: Path) -> None:
     """Parameters that train (all of them for CPT, the adapters for LoRA) as safetensors."""
-    from safetensors.torch import save_file
-
     tensors = OrderedDict((n, p.detach().cpu().contiguous()) for n, p in model.named_parameters() if p.requires_grad)
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def load_trainable(model: torch.nn.Module, path: Path) -> None:
     """Load what :func:`save_trainable` wrote, refusing a checkpoint of another configuration."""
-    from safetensors.torch import load_file
-
     state = load_file(str(path))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != set(params):
@@ -108,7 +105,6 @@ def rng_restore(snap: dict) -> None:
 
 class StopRequest:
     """SIGINT/SIGTERM ask the loop to finish its step, checkpoint and stop; a second Ctrl-C aborts at once."""
-
     def __init__(self, announce: bool = True):
         self.requested = False
         self.announce = announce

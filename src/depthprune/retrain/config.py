@@ -7,6 +7,13 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers.optimization import (
+    get_constant_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from depthprune.errors import DepthpruneError
 from depthprune.retrain.checkpoint import latest_checkpoint, list_checkpoints
@@ -50,9 +57,6 @@ def use_cpu(cfg: TrainOptions) -> bool:
 
 def make_accelerator(cfg: TrainOptions):
     """The Accelerator for this process: device, process group (gloo on CPUs) and mixed precision."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DepthpruneError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     cpu = use_cpu(cfg)
@@ -76,12 +80,6 @@ def build_optimizer(module: nn.Module, cfg: TrainOptions) -> torch.optim.Optimiz
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainOptions, total: int):
-    from transformers.optimization import (
-        get_constant_schedule_with_warmup,
-        get_cosine_with_min_lr_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
     warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_ratio * total))
     warm = min(warm, max(total - 1, 0))
     if cfg.schedule == "cosine":

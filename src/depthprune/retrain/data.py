@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from depthprune.data.sources import load_text, require_data_file
+from depthprune.data.sources import hub_dataset, load_text, require_data_file
 from depthprune.data.tokens import bos_id, tokenize
 from depthprune.errors import DataNotFoundError, DepthpruneError
 
@@ -58,9 +58,7 @@ def _read_records(path: Path) -> list:
 
 def _hub_records(name: str) -> list:
     try:
-        import datasets
-
-        ds = datasets.load_dataset(name, split="train")
+        ds = hub_dataset(name)
     except Exception as exc:
         raise DataNotFoundError(
             f"--data {name}: not a local file and could not be loaded from the hub ({type(exc).__name__}); "

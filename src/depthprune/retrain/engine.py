@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from depthprune.core.io import remove_tree, replace_dir
@@ -99,7 +100,6 @@ class TrainResult:
 
 class Trainer:
     """Runs ``module`` (a :class:`CausalLMLoss`) over ``dataset`` with ``cfg`` under ``accelerator``."""
-
     def __init__(self, accelerator, module: CausalLMLoss, dataset: TokenDataset, cfg: TrainOptions,
                  fingerprint: dict, resume_from: Path | None = None):
         self.acc, self.module, self.dataset, self.cfg = accelerator, module, dataset, cfg
@@ -325,8 +325,6 @@ class Trainer:
     # ------------------------------------------------------------------ export
     def final_module(self, rebuild: Callable[[], CausalLMLoss] | None = None) -> CausalLMLoss | None:
         """The trained module, whole, on the main process (None elsewhere); FSDP shards are gathered first."""
-        from accelerate.utils import DistributedType
-
         acc = self.acc
         if acc.distributed_type == DistributedType.FSDP:
             state = acc.get_state_dict(self.model)

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import torch.nn as nn
+from accelerate.utils import set_seed
 
 from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, get_spec
@@ -49,7 +50,7 @@ def resolve_targets(model: nn.Module, names: list[str] | None) -> list[str]:
 
 def apply_lora(model: nn.Module, opts: LoraOptions, targets: list[str]):
     """Wrap ``model`` with fresh LoRA adapters on ``targets``; only the adapters train."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # heavy: imported when LoRA is used
 
     config = LoraConfig(r=opts.rank, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
@@ -78,8 +79,6 @@ def export_lora(module: CausalLMLoss, tmp: Path, merge: bool, save_dtype: str) -
 def run_lora(opts: LoraOptions, model=None, tokenizer=None, callbacks: list | None = None,
              on_final=None) -> dict:
     """LoRA on every block projection, trained on Alpaca-format data; ``model`` (loaded) or ``opts.model``."""
-    from accelerate.utils import set_seed
-
     resume_from = check_output(opts, opts.model)
     records = load_instructions(opts.data)
     acc = make_accelerator(opts)

@@ -15,6 +15,7 @@ from depthprune.core.versions import library_versions
 from depthprune.errors import DepthpruneError
 from depthprune.pruning.module_surgery import REMOTE_CODE_FILE
 from depthprune.pruning.save import PRUNING_FILE
+from depthprune.retrain.engine import set_activation_checkpointing
 
 RETRAIN_FILE = "retrain.json"
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,8 +73,6 @@ def write_final(output: str | os.PathLike, writer: Callable[[Path], None], model
 
 def prepare_for_export(lm: torch.nn.Module) -> None:
     """Undo training-only settings so the saved config is the usual inference one."""
-    from depthprune.retrain.engine import set_activation_checkpointing
-
     set_activation_checkpointing(lm, False)
     if hasattr(lm, "config"):
         lm.config.use_cache = True

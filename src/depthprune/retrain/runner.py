@@ -7,7 +7,7 @@ from pathlib import Path
 
 from depthprune.core.io import remove_tree
 from depthprune.errors import DepthpruneError
-from depthprune.models.loading import LoadedModel, model_source
+from depthprune.models.loading import LoadedModel, load_model, model_source
 from depthprune.retrain.checkpoint import checkpoint_root
 from depthprune.retrain.engine import CausalLMLoss, Trainer
 from depthprune.retrain.options import TrainOptions
@@ -16,8 +16,6 @@ from depthprune.retrain.output import prepare_for_export, write_final
 
 def load_for_training(model_src: str | None, dtype: str, cache_dir: str | None):
     """Load on the CPU in ``dtype``; Accelerate moves the model to this process's device."""
-    from depthprune.models import load_model
-
     if dtype == "auto":
         dtype = "float32"
     return load_model(model_src, dtype=dtype, device="cpu", cache_dir=cache_dir)

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import psutil
 import torch
 
 from depthprune.errors import DepthpruneError
@@ -86,7 +87,6 @@ def generate_exact(model, input_ids: torch.Tensor, new_tokens: int, pad_token_id
 
 class Clock:
     """Times a callable after synchronising every device the model lives on."""
-
     def __init__(self, devices: list[torch.device]):
         self.accel = [d for d in devices if d.type != "cpu"]
         self.primary = self.accel[0] if self.accel else None
@@ -125,7 +125,6 @@ class Clock:
 @dataclass
 class PeakMemory:
     """Context manager measuring the peak memory of one setting (see the module docstring)."""
-
     devices: list[torch.device]
     interval_s: float = RSS_INTERVAL_S
     peak_bytes: int | None = None
@@ -145,7 +144,6 @@ class PeakMemory:
                 _accel_call(d, "reset_peak_memory_stats")
             self.start_bytes = sum(_accel_call(d, "memory_allocated") or 0 for d in self.accel)
             return self
-        import psutil
 
         proc = psutil.Process()
         self.method = (f"peak RSS of the whole process (psutil, sampled every {self.interval_s * 1000:.0f} ms during "

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
 from depthprune.core.format import fmt_params
 from depthprune.core.io import atomic_path
 
@@ -112,10 +117,7 @@ def markdown_report(result: dict) -> str:
 
 def plot_latency_throughput(result: dict, path: str | os.PathLike) -> Path:
     """Latency (x) vs throughput (y), one curve per model, points labelled by batch size; one panel per L."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     path = Path(path)
     lengths = sorted({s["output_length"] for s in result["settings"]})

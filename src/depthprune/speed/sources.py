@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import torch
+from accelerate import dispatch_model, infer_auto_device_map
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from depthprune.errors import DepthpruneError
 from depthprune.models.loading import LoadedModel, load_model
@@ -75,8 +77,6 @@ def _config_dtype(dtype: str, device: str, config) -> torch.dtype:
 
 def load_config_model(src: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """A random-weight model built directly on the target device (the first GPU, or the CPU)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     path, overrides = parse_config_source(src)
     try:
         fields = json.loads(path.read_text()) | overrides
@@ -96,7 +96,6 @@ def load_config_model(src: str, dtype: str = "auto", device: str = "auto") -> Lo
     with torch.device(target):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     if placement == "auto":  # too large for one GPU, or --device multi: split it as from_pretrained would
-        from accelerate import dispatch_model, infer_auto_device_map
 
         no_split = list(getattr(model, "_no_split_modules", None) or [])
         model = dispatch_model(model, infer_auto_device_map(model, no_split_module_classes=no_split))

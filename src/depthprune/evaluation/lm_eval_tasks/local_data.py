@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+import datasets
+
 from depthprune.data.sources import find_data_file, require_data_file
 
 _STYLE = "commonsense/lm_eval_style"
@@ -49,8 +51,6 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _split(name: str, docs: list[dict]):
-    import datasets
-
     return datasets.DatasetDict({name: datasets.Dataset.from_list(docs)})
 
 

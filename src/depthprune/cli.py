@@ -11,7 +11,7 @@ from depthprune.errors import DepthpruneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from depthprune.commands import bench, ppl, prune, report, retrain, run, score, zeroshot
+    from depthprune.commands import bench, ppl, prune, report, retrain, run, samples, score, zeroshot
 
     parser = argparse.ArgumentParser(prog="depthprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="eval_command", required=True)
     ppl.register(ev)
     zeroshot.register(ev)
+    samples.register(ev)
     score.register(sub)
     prune.register(sub)
     bench.register(sub)

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from depthprune.errors import DepthpruneError
+from depthprune.pipeline.samples_config import SamplesSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 RECIPE_KEYS = ("calibration", "prune", "retrain")
@@ -391,6 +392,14 @@ class EvaluateSpec(_Strict):
                                                  "not only the final model")
     ppl: PplSpec | None = Field(default_factory=PplSpec)
     zeroshot: ZeroShotSpec | None = None
+    samples: SamplesSpec | None = Field(None, description="generation examples stored in eval.json (null: none)")
+
+    def stage_dump(self, exclude: set[str]) -> dict:
+        """The settings an evaluation stage hashes; ``samples`` only when set (older runs keep their hashes)."""
+        out = self.model_dump(mode="json", exclude=exclude)
+        if out.get("samples") is None:
+            out.pop("samples", None)
+        return out
 
 
 class BenchSpec(_Strict):

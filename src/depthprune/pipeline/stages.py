@@ -197,7 +197,7 @@ def run_retrain(c: ExperimentConfig, step, src: Path, out: Path, ctx: StageConte
 
 
 def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
-    """PPL on every dataset (and zero-shot accuracy) of one model, as a JSON-ready dict."""
+    """PPL on every dataset (zero-shot accuracy, generation examples) of one model, as a JSON-ready dict."""
     from depthprune.evaluation import evaluate_perplexity
     from depthprune.models.specs import num_blocks
     from depthprune.pruning import count_params
@@ -220,6 +220,11 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
                                 source=zs.source)
         entry["zeroshot"] = res.to_json()
         log(f"  {label}: zero-shot average {res.average * 100:.2f} over {', '.join(zs.tasks)}")
+    if ev.samples is not None:
+        from depthprune.evaluation.samples import samples_json
+
+        entry["samples"] = samples_json(lm.model, lm.tokenizer, ev.samples.prompts, ev.samples.max_new_tokens)
+        log(f"  {label}: {len(ev.samples.prompts)} generation example(s) of {ev.samples.max_new_tokens} tokens")
     return entry
 
 
@@ -333,7 +338,7 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
         final = chain[-1]
         if c.evaluate is not None:
             models = [(label, path) for label, path, _ in (chain if c.evaluate.every_stage else [final])]
-            cfg = {"evaluate": c.evaluate.model_dump(mode="json", exclude={"baseline"}),
+            cfg = {"evaluate": c.evaluate.stage_dump({"baseline"}),
                    "models": [label for label, _ in models],
                    "model": {"dtype": c.model.dtype, "device": c.model.device}}
             out = tdir / EVAL_FILE
@@ -353,7 +358,7 @@ def build_stages(root: Path, cfg: ExperimentConfig, leaves: list[Leaf]) -> tuple
         out = root / BASE_DIR / EVAL_FILE
         extra = {"name": cfg.name, "variant": None, "target": None}
         conf = {"model": model_config(first.model),
-                "evaluate": first.evaluate.model_dump(mode="json", exclude={"baseline", "every_stage"})}
+                "evaluate": first.evaluate.stage_dump({"baseline", "every_stage"})}
         stages.append(Stage(join(BASE_DIR, "eval"), "baseline", conf, [], out,
                             lambda ctx, out=out: run_eval(first, [("base", first.model.source)], out, extra),
                             [out]))

@@ -39,6 +39,9 @@ class ModelResult:
     zeroshot_avg: float | None = None
     zeroshot_complete: bool = False
     tokens_seen: int | None = None
+    samples: dict | None = None  # generation examples: {"decoding", "max_new_tokens", "samples": [...]}
+    path: str = ""  # where the model is (a checkpoint directory, or the hub id / source of a baseline)
+    name: str = ""  # a standalone model's display name (experiments' models are named by variant / target)
 
     @property
     def is_base(self) -> bool:
@@ -72,15 +75,22 @@ class ExperimentData:
     score_sets: list[ScoreSet] = field(default_factory=list)
     bench: dict | None = None
     pending: list[str] = field(default_factory=list)  # stages not (or no longer) done
+    standalone: bool = False  # outputs of the single commands (prune, eval, bench, ...), not a 'depthprune run'
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # standalone: (path, what it was read as)
+    benches: list[tuple[str, dict]] = field(default_factory=list)  # standalone: (title, bench JSON)
+
+
+def is_experiment(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / STAGES_FILE).is_file()
 
 
 def find_experiments(path: str | Path) -> list[Path]:
     """``path`` itself when it is an experiment directory, else its experiment subdirectories."""
     path = Path(path)
-    if (path / CONFIG_FILE).is_file() and (path / STAGES_FILE).is_file():
+    if is_experiment(path):
         return [path]
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if (p / CONFIG_FILE).is_file() and (p / STAGES_FILE).is_file())
+        found = sorted(p for p in path.iterdir() if is_experiment(p))
         if found:
             return found
     raise DepthpruneError(f"{path}: not an experiment directory (config.yaml + stages.json written by "
@@ -134,6 +144,8 @@ def _from_eval(r: ModelResult, entry: dict | None) -> None:
         r.zeroshot = {t: v["score"] * 100 for t, v in zs["tasks"].items()}
         r.zeroshot_avg = zs["average"] * 100
         r.zeroshot_complete = bool(zs.get("average_complete"))
+    if entry.get("samples"):
+        r.samples = entry["samples"]
 
 
 def collect_experiment(root: str | Path) -> ExperimentData:
@@ -148,7 +160,7 @@ def collect_experiment(root: str | Path) -> ExperimentData:
     source = (config.get("model") or {}).get("source", "")
     base = _json(root / "base" / "eval.json") if "base/eval" in done else None
     if base:
-        r = ModelResult(name, None, None, "base", source=source)
+        r = ModelResult(name, None, None, "base", source=source, path=source)
         _from_eval(r, base["results"][0])
         r.params_before = r.params
         exp.results.append(r)
@@ -182,7 +194,7 @@ def collect_experiment(root: str | Path) -> ExperimentData:
                 removed=pruning.get("removed_candidates", pruning.get("removed_blocks", [])),
                 shape=pruning.get("shape_after"),
             )
-            r = ModelResult(stage="pruned", **common)
+            r = ModelResult(stage="pruned", path=str(tdir / "pruned"), **common)
             _from_eval(r, by_label.get("pruned"))
             exp.results.append(r)
             kinds: list[str] = []
@@ -192,7 +204,7 @@ def collect_experiment(root: str | Path) -> ExperimentData:
                 if _join(key, "retrain", f"{i}-{step['kind']}") not in done:
                     break
                 info = _json(tdir / label / "retrain.json") or {}
-                r = ModelResult(stage=label, chain="→".join(kinds), **common)
+                r = ModelResult(stage=label, chain="→".join(kinds), path=str(tdir / label), **common)
                 r.tokens_seen = (info.get("result") or {}).get("tokens_seen")
                 _from_eval(r, by_label.get(label))
                 exp.results.append(r)
@@ -204,10 +216,7 @@ def collect_experiment(root: str | Path) -> ExperimentData:
 
 
 def collect(paths: list[str | Path]) -> list[ExperimentData]:
-    """Every experiment under ``paths`` (experiment directories, or directories holding them), in order."""
-    roots: list[Path] = []
-    for p in paths:
-        for root in find_experiments(p):
-            if root.resolve() not in {r.resolve() for r in roots}:
-                roots.append(root)
-    return [collect_experiment(r) for r in roots]
+    """Every experiment and standalone output under ``paths`` (see report/inputs.py), in order."""
+    from depthprune.report.inputs import collect_inputs
+
+    return collect_inputs(paths).experiments

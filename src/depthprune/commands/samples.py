@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from depthprune.commands.common import add_model_args, load_from_args, write_json_atomic
+from depthprune.commands.common import add_model_args, load_from_args
 
 
 def register(sub) -> None:
@@ -31,8 +31,16 @@ def run(args) -> int:
     for s in out["samples"]:
         print(f"{s['prompt']!r} -> {s['continuation']!r}")
     if args.json:
-        write_json_atomic(args.json, out)
+        _write_json(args.json, out)
         print(f"wrote {args.json}")
     else:
         print(json.dumps(out, indent=2))
     return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    try:  # main moves the atomic writers to depthprune.core.io (commit 3bd63fa); this branch predates that
+        from depthprune.core.io import write_json_atomic
+    except ImportError:
+        from depthprune.commands.common import write_json_atomic
+    write_json_atomic(path, data)

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from depthprune.commands import bench, ppl, prune, report, retrain, run, score, zeroshot
+from depthprune.commands import bench, ppl, prune, report, retrain, run, samples, score, zeroshot
 from depthprune.errors import DepthpruneError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="eval_command", required=True)
     ppl.register(ev)
     zeroshot.register(ev)
+    samples.register(ev)
     score.register(sub)
     prune.register(sub)
     bench.register(sub)

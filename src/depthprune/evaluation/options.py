@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from depthprune.core.options import FieldProblems, Options
 from depthprune.data.tokens import BOS_MODES
 from depthprune.errors import DepthpruneError
+from depthprune.evaluation.samples import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS
 from depthprune.evaluation.zeroshot import PAPER_TASKS, SOURCES, parse_tasks
 
 
@@ -54,3 +55,22 @@ class ZeroShotOptions(Options):
             return parse_tasks(v)
         except DepthpruneError as exc:
             raise ValueError(str(exc)) from None
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be non-empty text")
+    return value
+
+
+class SamplesOptions(Options):
+    """Greedy continuations of ``prompts``, exactly ``max_new_tokens`` each (YAML ``samples: true``: defaults)."""
+
+    prompts: list[Annotated[str, AfterValidator(_text)]] = Field(
+        default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1, description="prompts to continue")
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=1024, description="new tokens per prompt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {} if data is True else data

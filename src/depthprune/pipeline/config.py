@@ -25,9 +25,9 @@ from pydantic import (
 
 from depthprune.core.options import FieldProblems, Options, validation_messages
 from depthprune.data.calibration import CalibrationSpec
-from depthprune.evaluation.options import PerplexitySettings, ZeroShotOptions
+from depthprune.evaluation.options import PerplexitySettings, SamplesOptions, ZeroShotOptions
 from depthprune.models.options import ModelOptions
-from depthprune.pruning.options import PruneOptions, TargetOptions
+from depthprune.pruning.options import PruneOptions, TargetOptions, target_label
 from depthprune.retrain.run import KINDS
 from depthprune.speed.options import BenchOptions
 
@@ -91,13 +91,7 @@ class TargetSpec(TargetOptions):
     @property
     def label(self) -> str:
         """Directory name of this target: its ``name``, else k4 / r20 / p150000000."""
-        if self.name:
-            return self.name
-        if self.num_blocks is not None:
-            return f"k{self.num_blocks}"
-        if self.ratio is not None:
-            return f"r{self.ratio * 100:g}"
-        return f"p{self.target_params}"
+        return target_label(self.model_dump())
 
     def as_dict(self) -> dict:
         return self.model_dump(exclude={"name"}, exclude_none=True)
@@ -184,6 +178,14 @@ class EvaluateSpec(Options):
                                                  "not only the final model")
     ppl: PplSpec | None = Field(default_factory=PplSpec)
     zeroshot: ZeroShotOptions | None = None
+    samples: SamplesOptions | None = Field(None, description="generation examples stored in eval.json (null: none)")
+
+    def stage_dump(self, exclude: set[str]) -> dict:
+        """The settings an evaluation stage hashes; ``samples`` only when set (older runs keep their hashes)."""
+        out = self.model_dump(mode="json", exclude=exclude)
+        if out.get("samples") is None:
+            out.pop("samples", None)
+        return out
 
 
 class BenchSpec(BenchOptions):

@@ -116,6 +116,7 @@ def run_experiment(config: str | os.PathLike, runs_dir: str | os.PathLike = "run
     with _locked(root):
         _write_yaml(root / CONFIG_FILE, resolved_config(plan.config, plan.leaves))
         stage_log = StageLog(root)
+        stage_log.set_plan(plan.stages)
         for n, stage in enumerate(plan.stages, 1):
             upstream = {d: stage_log.run_id(d) for d in stage.deps}
             if stage.id not in forced and stage_log.is_done(stage, upstream):

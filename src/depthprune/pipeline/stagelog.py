@@ -44,6 +44,12 @@ class StageLog:
     def stages(self) -> dict:
         return self.data.setdefault("stages", {})
 
+    def set_plan(self, stages) -> None:
+        """Record every planned stage (settings hash, dependencies), so a report can tell what is current."""
+        self.data["plan"] = {s.id: {"hash": config_hash(s.config), "deps": list(s.deps),
+                                    "marker": str(s.marker.relative_to(self.root))} for s in stages}
+        self.save()
+
     def get(self, stage_id: str) -> dict | None:
         return self.stages.get(stage_id)
 

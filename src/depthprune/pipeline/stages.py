@@ -22,6 +22,7 @@ from pathlib import Path
 from depthprune.core.io import write_json_atomic
 from depthprune.core.versions import library_versions
 from depthprune.evaluation.run import perplexity, zeroshot
+from depthprune.evaluation.samples import samples_json
 from depthprune.importance.base import BlockScores
 from depthprune.importance.plot import plot_block_scores
 from depthprune.importance.scoring import score
@@ -139,7 +140,7 @@ def run_retrain(c: ExperimentConfig, step, src: Path, out: Path, ctx: StageConte
 
 
 def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
-    """PPL on every dataset (and zero-shot accuracy) of one model, as a JSON-ready dict."""
+    """PPL on every dataset (zero-shot accuracy, generation examples) of one model, as a JSON-ready dict."""
     ev = c.evaluate
     lm = load(c.model, src)
     entry = {"label": label, "path": str(src), "params": count_params(lm.model), "num_blocks": num_blocks(lm.model),
@@ -154,6 +155,9 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
         res = zeroshot(lm.model, lm.tokenizer, **ev.zeroshot.model_dump())
         entry["zeroshot"] = res.to_json()
         log(f"  {label}: zero-shot average {res.average * 100:.2f} over {', '.join(ev.zeroshot.tasks)}")
+    if ev.samples is not None:
+        entry["samples"] = samples_json(lm.model, lm.tokenizer, ev.samples.prompts, ev.samples.max_new_tokens)
+        log(f"  {label}: {len(ev.samples.prompts)} generation example(s) of {ev.samples.max_new_tokens} tokens")
     return entry
 
 
@@ -249,7 +253,7 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
         final = chain[-1]
         if c.evaluate is not None:
             models = [(label, path) for label, path, _ in (chain if c.evaluate.every_stage else [final])]
-            cfg = {"evaluate": c.evaluate.model_dump(mode="json", exclude={"baseline"}),
+            cfg = {"evaluate": c.evaluate.stage_dump({"baseline"}),
                    "models": [label for label, _ in models],
                    "model": {"dtype": c.model.dtype, "device": c.model.device}}
             out = tdir / EVAL_FILE
@@ -269,7 +273,7 @@ def build_stages(root: Path, cfg: ExperimentConfig, leaves: list[Leaf]) -> tuple
         out = root / BASE_DIR / EVAL_FILE
         extra = {"name": cfg.name, "variant": None, "target": None}
         conf = {"model": model_config(first.model),
-                "evaluate": first.evaluate.model_dump(mode="json", exclude={"baseline", "every_stage"})}
+                "evaluate": first.evaluate.stage_dump({"baseline", "every_stage"})}
         stages.append(Stage(join(BASE_DIR, "eval"), "baseline", conf, [], out,
                             lambda ctx, out=out: run_eval(first, [("base", first.model.source)], out, extra),
                             [out]))

@@ -113,5 +113,20 @@ class TargetOptions(Options):
     def target(self) -> Target:
         return Target(self.num_blocks, self.ratio, self.target_params)
 
+    @property
+    def label(self) -> str:
+        return target_label(self.model_dump())
 
-__all__ = ["DEFAULT_CRITERION", "PruneOptions", "TargetOptions", "criterion_names"]
+
+def target_label(target: dict) -> str:
+    """Directory name of a target: its ``name`` when given, else k4 / r20 / p150000000."""
+    if target.get("name"):
+        return target["name"]
+    if target.get("num_blocks") is not None:
+        return f"k{target['num_blocks']}"
+    if target.get("ratio") is not None:
+        return f"r{target['ratio'] * 100:g}"
+    return f"p{target['target_params']}"
+
+
+__all__ = ["DEFAULT_CRITERION", "PruneOptions", "TargetOptions", "criterion_names", "target_label"]

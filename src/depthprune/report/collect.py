@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from depthprune.errors import DepthpruneError
+from depthprune.pruning.options import target_label
 
 CONFIG_FILE = "config.yaml"
 STAGES_FILE = "stages.json"
@@ -39,6 +40,9 @@ class ModelResult:
     zeroshot_avg: float | None = None
     zeroshot_complete: bool = False
     tokens_seen: int | None = None
+    samples: dict | None = None  # generation examples: {"decoding", "max_new_tokens", "samples": [...]}
+    path: str = ""  # where the model is (a checkpoint directory, or the hub id / source of a baseline)
+    name: str = ""  # a standalone model's display name (experiments' models are named by variant / target)
 
     @property
     def is_base(self) -> bool:
@@ -72,15 +76,22 @@ class ExperimentData:
     score_sets: list[ScoreSet] = field(default_factory=list)
     bench: dict | None = None
     pending: list[str] = field(default_factory=list)  # stages not (or no longer) done
+    standalone: bool = False  # outputs of the single commands (prune, eval, bench, ...), not a 'depthprune run'
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # standalone: (path, what it was read as)
+    benches: list[tuple[str, dict]] = field(default_factory=list)  # standalone: (title, bench JSON)
+
+
+def is_experiment(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / STAGES_FILE).is_file()
 
 
 def find_experiments(path: str | Path) -> list[Path]:
     """``path`` itself when it is an experiment directory, else its experiment subdirectories."""
     path = Path(path)
-    if (path / CONFIG_FILE).is_file() and (path / STAGES_FILE).is_file():
+    if is_experiment(path):
         return [path]
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if (p / CONFIG_FILE).is_file() and (p / STAGES_FILE).is_file())
+        found = sorted(p for p in path.iterdir() if is_experiment(p))
         if found:
             return found
     raise DepthpruneError(f"{path}: not an experiment directory (config.yaml + stages.json written by "
@@ -96,21 +107,28 @@ def _json(path: Path) -> dict | None:
         return None
 
 
-def _done_stages(root: Path, config: dict) -> tuple[set[str], list[str]]:
-    """Stage ids done with the settings in config.yaml (the same check as a rerun), and the others."""
-    from depthprune.pipeline.load import parse_config
-    from depthprune.pipeline.stagelog import StageLog
-    from depthprune.pipeline.stages import build_stages
+def _done_stages(root: Path) -> tuple[set[str], list[str]]:
+    """Stage ids done with the settings of the last run's plan (the same check as a rerun), and the others.
 
-    log = StageLog(root)
-    try:
-        cfg, leaves = parse_config(config, origin=str(root / CONFIG_FILE))
-        stages, _ = build_stages(root, cfg, leaves)
-    except DepthpruneError:  # written by another version: trust the records
-        done = {sid for sid, rec in log.stages.items() if rec.get("status") == "done"}
-        return done, []
-    done = {s.id for s in stages if log.is_done(s, {d: log.run_id(d) for d in s.deps})}
-    return done, [s.id for s in stages if s.id not in done]
+    ``stages.json`` holds the plan (each stage's settings hash and dependencies) and one record per stage run;
+    a stage is current when its record is done with the planned hash, on the current runs of its dependencies,
+    and its marker file exists. Directories from before the plan was recorded: the records are trusted.
+    """
+    data = _json(root / STAGES_FILE) or {}
+    records, plan = data.get("stages", {}), data.get("plan")
+    if not plan:
+        return {sid for sid, rec in records.items() if rec.get("status") == "done"}, []
+
+    def run_id(sid: str):
+        return (records.get(sid) or {}).get("run_id")
+
+    done = set()
+    for sid, p in plan.items():
+        rec = records.get(sid) or {}
+        if (rec.get("status") == "done" and rec.get("hash") == p["hash"] and (root / p["marker"]).exists()
+                and rec.get("upstream") == {d: run_id(d) for d in p["deps"]}):
+            done.add(sid)
+    return done, [sid for sid in plan if sid not in done]
 
 
 def _recipes(config: dict) -> list[tuple[str | None, dict]]:
@@ -134,46 +152,46 @@ def _from_eval(r: ModelResult, entry: dict | None) -> None:
         r.zeroshot = {t: v["score"] * 100 for t, v in zs["tasks"].items()}
         r.zeroshot_avg = zs["average"] * 100
         r.zeroshot_complete = bool(zs.get("average_complete"))
+    if entry.get("samples"):
+        r.samples = entry["samples"]
 
 
 def collect_experiment(root: str | Path) -> ExperimentData:
     """Everything the report shows about one experiment directory."""
-    from depthprune.pipeline.config import TargetSpec
-
     root = Path(root)
     config = yaml.safe_load((root / CONFIG_FILE).read_text())
     name = config.get("name", root.name)
-    done, pending = _done_stages(root, config)
+    done, pending = _done_stages(root)
     exp = ExperimentData(name, root, config, pending=pending)
     source = (config.get("model") or {}).get("source", "")
     base = _json(root / "base" / "eval.json") if "base/eval" in done else None
     if base:
-        r = ModelResult(name, None, None, "base", source=source)
+        r = ModelResult(name, None, None, "base", source=source, path=source)
         _from_eval(r, base["results"][0])
         r.params_before = r.params
         exp.results.append(r)
     for variant, recipe in _recipes(config):
         prune = recipe.get("prune") or {}
         ldir = root / variant if variant else root
-        targets = [TargetSpec(**t) for t in prune.get("targets", [])]
+        targets = [target_label(t) for t in prune.get("targets", [])]
         scores = _json(ldir / "scores.json") if _join(variant, "score") in done else None
         sset = ScoreSet(name, variant, scores) if scores else None
         for t in targets:
             multi = len(targets) > 1
-            key = _join(variant, t.label if multi else "")
-            tdir = ldir / t.label if multi else ldir
+            key = _join(variant, t if multi else "")
+            tdir = ldir / t if multi else ldir
             pruning = _json(tdir / "pruned" / "pruning.json") if _join(key, "prune") in done else None
             if pruning is None:
                 continue
             if sset is None and pruning.get("scores") and pruning.get("unit") in ("block", "module"):
                 sset = ScoreSet(name, variant, pruning["scores"], note="first-round scores (iterative)")
             if sset is not None:
-                sset.removed[t.label] = pruning.get("removed_candidates", pruning.get("removed_blocks", []))
+                sset.removed[t] = pruning.get("removed_candidates", pruning.get("removed_blocks", []))
                 sset.protected = pruning.get("protected_blocks", [])
             evals = _json(tdir / "eval.json") if _join(key, "eval") in done else None
             by_label = {e["label"]: e for e in (evals or {}).get("results", [])}
             common = dict(
-                experiment=name, variant=variant, target=t.label,
+                experiment=name, variant=variant, target=t,
                 source=source, method=pruning.get("method"), criterion=pruning.get("criterion"),
                 unit=pruning.get("unit"), schedule=pruning.get("schedule", "one-shot"),
                 calib_samples=(recipe.get("calibration") or {}).get("samples"),
@@ -182,7 +200,7 @@ def collect_experiment(root: str | Path) -> ExperimentData:
                 removed=pruning.get("removed_candidates", pruning.get("removed_blocks", [])),
                 shape=pruning.get("shape_after"),
             )
-            r = ModelResult(stage="pruned", **common)
+            r = ModelResult(stage="pruned", path=str(tdir / "pruned"), **common)
             _from_eval(r, by_label.get("pruned"))
             exp.results.append(r)
             kinds: list[str] = []
@@ -192,7 +210,7 @@ def collect_experiment(root: str | Path) -> ExperimentData:
                 if _join(key, "retrain", f"{i}-{step['kind']}") not in done:
                     break
                 info = _json(tdir / label / "retrain.json") or {}
-                r = ModelResult(stage=label, chain="→".join(kinds), **common)
+                r = ModelResult(stage=label, chain="→".join(kinds), path=str(tdir / label), **common)
                 r.tokens_seen = (info.get("result") or {}).get("tokens_seen")
                 _from_eval(r, by_label.get(label))
                 exp.results.append(r)
@@ -203,11 +221,4 @@ def collect_experiment(root: str | Path) -> ExperimentData:
     return exp
 
 
-def collect(paths: list[str | Path]) -> list[ExperimentData]:
-    """Every experiment under ``paths`` (experiment directories, or directories holding them), in order."""
-    roots: list[Path] = []
-    for p in paths:
-        for root in find_experiments(p):
-            if root.resolve() not in {r.resolve() for r in roots}:
-                roots.append(root)
-    return [collect_experiment(r) for r in roots]
+

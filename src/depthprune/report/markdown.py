@@ -14,6 +14,7 @@ from depthprune.evaluation.zeroshot import PAPER_TASKS, SHORT_NAMES
 from depthprune.importance.base import BlockScores
 from depthprune.importance.plot import plot_block_scores
 from depthprune.report.collect import ExperimentData, ModelResult, ScoreSet
+from depthprune.report.generation import generation_section, sample_models
 from depthprune.report.plots import plot_metric_vs_params
 from depthprune.speed.report import markdown_report, plot_latency_throughput
 
@@ -56,6 +57,7 @@ class Labeller:
     """Short names for models: the parts (experiment, variant, target) that tell them apart."""
     def __init__(self, experiments: list[ExperimentData]):
         self.multi = len(experiments) > 1
+        self.many_bases = len({r.source for r in _baselines(experiments)}) > 1
 
     def recipe(self, r: ModelResult | ScoreSet) -> str:
         parts = [r.experiment if self.multi else "", r.variant or ""]
@@ -63,12 +65,17 @@ class Labeller:
 
     def model(self, r: ModelResult) -> str:
         if r.is_base:
-            return f"baseline ({Path(r.source).name or r.source})" if self.multi else "baseline"
+            name = r.name or Path(r.source).name or r.source
+            return f"baseline ({name})" if self.multi or self.many_bases else "baseline"
+        if r.name:  # a standalone model: its path
+            return "/".join(p for p in [r.experiment if self.multi else "", r.name] if p)
         parts = [r.experiment if self.multi else "", r.variant or "", r.target or ""]
         name = "/".join(p for p in parts if p) or "pruned"
         return name + (f" +{r.chain}" if r.chain else "")
 
     def series(self, r: ModelResult) -> str:
+        if r.stage == "model":  # neither known to be pruned nor dense: a point of its own
+            return self.model(r)
         parts = [r.experiment if self.multi else "", r.variant or ""]
         name = "/".join(p for p in parts if p) or (r.criterion or "pruned")
         return name + (f" +{r.chain}" if r.chain else "")
@@ -101,6 +108,9 @@ def _retrain_summary(steps: list[dict]) -> str:
 
 
 def experiments_section(experiments: list[ExperimentData]) -> str:
+    experiments = [e for e in experiments if not e.standalone]
+    if not experiments:
+        return ""
     rows = []
     for exp in experiments:
         recipes = ([(n, v) for n, v in exp.config["variants"].items()] if exp.config.get("variants")
@@ -253,17 +263,31 @@ def zeroshot_section(experiments: list[ExperimentData], lab: Labeller, plots: di
 def speed_section(experiments: list[ExperimentData], lab: Labeller, plots: dict[str, Path], tmp: Path) -> str:
     out = []
     for exp in experiments:
-        if not exp.bench or not exp.bench.get("settings"):
-            continue
-        body = markdown_report(exp.bench).replace("## Inference efficiency", f"### {exp.name}", 1)
-        png = plot_name("speed", exp.name, plots)
-        plot_latency_throughput(exp.bench, tmp / png)
-        plots[png] = tmp / png
-        out += [body.rstrip(), "", f"![latency vs throughput, {exp.name}]({png})", ""]
+        for title, bench in [(exp.name, exp.bench)] + exp.benches:
+            if not bench or not bench.get("settings"):
+                continue
+            body = markdown_report(bench).replace("## Inference efficiency", f"### {title}", 1)
+            png = plot_name("speed", title, plots)
+            plot_latency_throughput(bench, tmp / png)
+            plots[png] = tmp / png
+            out += [body.rstrip(), "", f"![latency vs throughput, {title}]({png})", ""]
     return "\n".join(["## Inference speed", ""] + out).rstrip() if out else ""
 
 
-def render_report(experiments: list[ExperimentData], output: str | os.PathLike) -> Path:
+def inputs_section(experiments: list[ExperimentData], notes: list[str]) -> str:
+    """What was read besides experiment directories, and what was skipped."""
+    rows = [[f"`{path}`", what] for e in experiments if e.standalone for path, what in e.inputs]
+    out = []
+    if rows:
+        root = next(e.root for e in experiments if e.standalone)
+        out += ["## Inputs", "", f"Outputs of the single commands, under `{root}`:", "",
+                table(["input", "read as"], rows)]
+    if notes:
+        out += ["", "Notes (inputs skipped, results read twice):", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out).strip()
+
+
+def render_report(experiments: list[ExperimentData], output: str | os.PathLike, notes: list[str] | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``output``; files appear only once all were rendered."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,15 +296,22 @@ def render_report(experiments: list[ExperimentData], output: str | os.PathLike) 
         lab = Labeller(experiments)
         plots: dict[str, Path] = {}
         names = ", ".join(f"`{e.name}`" for e in experiments)
+        intro = ("Rendered from the stored JSON files of each run directory (config.yaml, stages.json, scores.json, "
+                 "pruning.json, retrain.json, eval.json, bench.json).")
+        if any(e.standalone for e in experiments):
+            runs = "the run directories' files (config.yaml, stages.json, eval.json, ...) and " \
+                if any(not e.standalone for e in experiments) else ""
+            intro = f"Rendered from stored JSON files only (no model was loaded): {runs}the files listed under Inputs."
         sections = [
             f"# depthprune report: {names}",
-            "Rendered from the stored JSON files of each run directory (config.yaml, stages.json, scores.json, "
-            "pruning.json, retrain.json, eval.json, bench.json).",
+            intro,
             experiments_section(experiments),
+            inputs_section(experiments, notes or []),
             scores_section(experiments, lab, plots, tmp),
             pruned_section(experiments, lab),
             ppl_section(experiments, lab, plots, tmp),
             zeroshot_section(experiments, lab, plots, tmp),
+            generation_section(sample_models(experiments, _baselines(experiments)), lab, table),
             speed_section(experiments, lab, plots, tmp),
         ]
         (tmp / REPORT_FILE).write_text("\n\n".join(s for s in sections if s) + "\n")

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from depthprune.errors import DepthpruneError
-from depthprune.models.specs import get_spec
+from depthprune.models.specs import num_layers_key, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ def drop_gguf_marker(model: PreTrainedModel) -> None:
             pass
 
 
-def _check_supported(config) -> None:
-    get_spec(config.model_type)
+def _check_supported(model) -> None:
+    """Refuse a model whose decoder blocks cannot be found (named spec, else inference; see ``spec_for``)."""
+    spec_for(model)
 
 
 def load_model(
@@ -180,12 +181,12 @@ def _placed(kwargs: dict, config) -> dict:
 
 def _load_dir(path: Path, kwargs: dict, source: str) -> LoadedModel:
     config = AutoConfig.from_pretrained(path)
-    _check_supported(config)
     kwargs = _placed(kwargs, config)
     if getattr(config, "depthprune_removed_modules", None):
         model = load_module_pruned(path, config, kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    _check_supported(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return LoadedModel(model, tokenizer, source)
@@ -198,7 +199,7 @@ def load_module_pruned(path: Path, config, kwargs: dict) -> PreTrainedModel:
     from depthprune.pruning.modules import make_pruned_class
 
     removed = config.depthprune_removed_modules
-    n = getattr(config, get_spec(config.model_type).num_layers_key)
+    n = getattr(config, num_layers_key(config))
     bad = [f"{part} {i}" for part, idxs in removed.items() for i in idxs if not 0 <= int(i) < n]
     if bad or set(removed) - {"attn", "mlp"}:
         raise DepthpruneError(
@@ -213,7 +214,7 @@ def load_gguf(path: Path, kwargs: dict, source: str) -> LoadedModel:
     """Dequantize a GGUF file through transformers; the result can be saved with save_pretrained."""
     directory, name = str(path.parent), path.name
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, **_placed(kwargs, None))
-    _check_supported(model.config)
+    _check_supported(model)
     drop_gguf_marker(model)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model.eval()
@@ -229,8 +230,8 @@ def _load_hub(repo_id: str, kwargs: dict) -> LoadedModel:
             f"({type(exc).__name__}). Offline? Download it elsewhere and pass the local directory, "
             "e.g. --model ./my-model"
         ) from None
-    _check_supported(config)
     model = AutoModelForCausalLM.from_pretrained(repo_id, **_placed(kwargs, config))
+    _check_supported(model)
     tokenizer = AutoTokenizer.from_pretrained(repo_id)
     model.eval()
     return LoadedModel(model, tokenizer, repo_id)

@@ -20,6 +20,12 @@ REMOTE_CODE_FILE = "modeling_depthprune.py"
 
 def module_spec_dict(model) -> dict:
     spec = asdict(spec_for(model))
+    missing = [part for part in ("attention", "mlp") if not spec[part]]
+    if missing:
+        raise DepthpruneError(
+            f"module pruning needs each block's attention and MLP, but no {' or '.join(missing)} submodule was "
+            f"found in the blocks of this {model.config.model_type} model; use block pruning, or name them in an "
+            "ArchSpec entry of depthprune.models.specs.SPECS")
     return {k: spec[k] for k in ("blocks", "attention", "mlp", "attn_norms", "mlp_norms")}
 
 

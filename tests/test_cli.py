@@ -61,11 +61,12 @@ def test_bad_input_is_one_line_error(capsys, tmp_path, tiny_dirs, argv, pattern)
 
 
 def test_unsupported_model_type_cli(capsys, tmp_path):
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
+    cfg = AutoConfig.for_model("xlm", emb_dim=32, n_layers=2, n_heads=2, vocab_size=100)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
     code, _, err = run_cli(capsys, "eval", "ppl", "--model", str(tmp_path))
-    assert_user_error(code, err, "unsupported model_type 'gpt2'.*Supported")
+    assert_user_error(code, err, r"model_type 'xlm'\) keeps its decoder blocks.*ArchSpec")
 
 
 def test_score_then_prune_with_reused_scores(capsys, tmp_path, tiny_dirs):

@@ -54,10 +54,12 @@ def test_dir_without_config(tmp_path):
 
 
 def test_unsupported_model_type_dir(tmp_path):
-    from transformers import AutoConfig
+    """Unnamed families are inferred; XLM keeps 4 lists of n_layers entries (no unambiguous block list)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
-    with pytest.raises(DepthpruneError, match="unsupported model_type 'gpt2'"):
+    cfg = AutoConfig.for_model("xlm", emb_dim=32, n_layers=2, n_heads=2, vocab_size=100)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(DepthpruneError, match="model_type 'xlm'.*several nn.ModuleLists.*transformer.attentions"):
         load_model(str(tmp_path), device="cpu")
 
 

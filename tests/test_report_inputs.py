@@ -20,11 +20,11 @@ PROMPTS = ["Well, Prince, so Genoa", "Depth pruning removes"]
 @pytest.fixture
 def no_model(monkeypatch):
     """Every way to a model fails: the report must read stored JSON only."""
-    import depthprune.speed.sources
     import transformers
 
     import depthprune.models
     import depthprune.models.loading
+    import depthprune.speed.sources
 
     def fail(*args, **kwargs):
         raise AssertionError("the report must not load a model")

@@ -15,7 +15,7 @@ from depthprune.core.skip import make_pruned_class
 from depthprune.errors import DepthpruneError
 from depthprune.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_checkpoint
 from depthprune.models.placement import _device_map, _effective_device, resolve_dtype
-from depthprune.models.specs import get_spec
+from depthprune.models.specs import num_layers_key, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ def drop_gguf_marker(model: PreTrainedModel) -> None:
             pass
 
 
-def _check_supported(config) -> None:
-    get_spec(config.model_type)
+def _check_supported(model) -> None:
+    """Refuse a model whose decoder blocks cannot be found (named spec, else inference; see ``spec_for``)."""
+    spec_for(model)
 
 
 def load_model(
@@ -118,12 +119,12 @@ def _placed(kwargs: dict, config) -> dict:
 
 def _load_dir(path: Path, kwargs: dict, source: str) -> LoadedModel:
     config = AutoConfig.from_pretrained(path)
-    _check_supported(config)
     kwargs = _placed(kwargs, config)
     if getattr(config, "depthprune_removed_modules", None):
         model = load_module_pruned(path, config, kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    _check_supported(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return _loaded(model, tokenizer, source)
 
@@ -137,7 +138,7 @@ def _loaded(model, tokenizer, source: str) -> LoadedModel:
 def load_module_pruned(path: Path, config, kwargs: dict) -> PreTrainedModel:
     """Rebuild a module-pruned checkpoint: the stock class with the listed attention/MLP modules skipped."""
     removed = config.depthprune_removed_modules
-    n = getattr(config, get_spec(config.model_type).num_layers_key)
+    n = getattr(config, num_layers_key(config))
     bad = [f"{part} {i}" for part, idxs in removed.items() for i in idxs if not 0 <= int(i) < n]
     if bad or set(removed) - {"attn", "mlp"}:
         raise DepthpruneError(
@@ -156,7 +157,7 @@ def load_gguf(path: Path, kwargs: dict, source: str) -> LoadedModel:
     """Dequantize a GGUF file through transformers; the result can be saved with save_pretrained."""
     directory, name = str(path.parent), path.name
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, **_placed(kwargs, None))
-    _check_supported(model.config)
+    _check_supported(model)
     drop_gguf_marker(model)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     return _loaded(model, tokenizer, source)
@@ -171,8 +172,8 @@ def _load_hub(repo_id: str, kwargs: dict) -> LoadedModel:
             f"({type(exc).__name__}). Offline? Download it elsewhere and pass the local directory, "
             "e.g. --model ./my-model"
         ) from None
-    _check_supported(config)
     model = AutoModelForCausalLM.from_pretrained(repo_id, **_placed(kwargs, config))
+    _check_supported(model)
     tokenizer = AutoTokenizer.from_pretrained(repo_id)
     return _loaded(model, tokenizer, repo_id)
 

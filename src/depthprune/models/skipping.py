@@ -10,12 +10,19 @@ from contextlib import contextmanager
 from dataclasses import asdict
 
 from depthprune.core.skip import restore_parts, skip_part
+from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, spec_for
 
 
 def module_spec_dict(model) -> dict:
     """The part of the architecture spec that skipping needs (stored in module-pruned configs)."""
     spec = asdict(spec_for(model))
+    missing = [part for part in ("attention", "mlp") if not spec[part]]
+    if missing:
+        raise DepthpruneError(
+            f"module pruning needs each block's attention and MLP, but no {' or '.join(missing)} submodule was "
+            f"found in the blocks of this {model.config.model_type} model; use block pruning, or name them in an "
+            "ArchSpec entry of depthprune.models.specs.SPECS")
     return {k: spec[k] for k in ("blocks", "attention", "mlp", "attn_norms", "mlp_norms")}
 
 

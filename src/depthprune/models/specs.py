@@ -1,39 +1,17 @@
 """Architecture specs: where each model family keeps its blocks, attention, MLP and per-layer config.
 
-A new family is a new ``ArchSpec`` entry in ``SPECS``, not new code.
+Families are data inferred from the loaded model (``depthprune.models.infer_spec``); ``spec_for(model)`` is the
+entry point. The named entries of ``SPECS`` are overrides: a ``model_type`` listed there gets that spec as is,
+with no inference. Add one where inference guesses wrong or refuses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """Where the pieces of one ``model_type`` live, as attribute paths from the ``*ForCausalLM`` root."""
-
-    blocks: str
-    """Dotted path of the ``nn.ModuleList`` of decoder blocks."""
-    attention: tuple[str, ...]
-    """Submodules of a block forming its attention branch (the first one holds ``layer_idx``)."""
-    mlp: tuple[str, ...]
-    """Submodules of a block forming its MLP branch."""
-    final_norm: tuple[str, ...]
-    """Modules applied, in order, between the last block and the LM head (missing/None ones skipped)."""
-    num_layers_key: str = "num_hidden_layers"
-    per_layer_keys: tuple[str, ...] = ()
-    """Config lists with one entry per block, sliced when blocks are removed."""
-    attn_norms: tuple[str, ...] = ()
-    """Norms that only feed (or only post-process) the attention branch."""
-    mlp_norms: tuple[str, ...] = ()
-    """Norms that only feed (or only post-process) the MLP branch."""
-    projections: tuple[str, ...] = field(default=())
-    """Names of the linear projections inside a block (LoRA targets), relative to the block."""
-
+from depthprune.models.archspec import ArchSpec
+from depthprune.models.infer_spec import LAYER_COUNT_KEYS, inferred_spec, layer_counts
 
 _LLAMA_LIKE = dict(
     blocks="model.layers",
@@ -46,6 +24,8 @@ _LLAMA_LIKE = dict(
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
     ),
+    q_proj="self_attn.q_proj", k_proj="self_attn.k_proj", v_proj="self_attn.v_proj", o_proj="self_attn.o_proj",
+    gate_proj="mlp.gate_proj", up_proj="mlp.up_proj", down_proj="mlp.down_proj",
 )
 _GEMMA_LIKE = dict(
     _LLAMA_LIKE,
@@ -65,6 +45,8 @@ SPECS: dict[str, ArchSpec] = {
         **dict(
             _LLAMA_LIKE,
             projections=("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"),
+            q_proj=None, k_proj=None, v_proj=None, qkv_proj="self_attn.qkv_proj",
+            gate_proj=None, up_proj=None, gate_up_proj="mlp.gate_up_proj",
         )
     ),
     "opt": ArchSpec(
@@ -76,6 +58,8 @@ SPECS: dict[str, ArchSpec] = {
         mlp_norms=("final_layer_norm",),
         projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                      "fc1", "fc2"),
+        q_proj="self_attn.q_proj", k_proj="self_attn.k_proj", v_proj="self_attn.v_proj",
+        o_proj="self_attn.out_proj", up_proj="fc1", down_proj="fc2",  # no gate: not width-prunable
     ),
     "gpt_neox": ArchSpec(
         blocks="gpt_neox.layers",
@@ -85,24 +69,44 @@ SPECS: dict[str, ArchSpec] = {
         attn_norms=("input_layernorm",),
         mlp_norms=("post_attention_layernorm",),
         projections=("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+        # query_key_value interleaves q/k/v per head (not [Q | K | V]) and the MLP has no gate: no width pruning
+        o_proj="attention.dense", up_proj="mlp.dense_h_to_4h", down_proj="mlp.dense_4h_to_h",
     ),
 }
 
 
 def get_spec(model_type: str) -> ArchSpec:
-    """The spec for ``model_type``, or a clear error listing the supported ones."""
+    """The named (override) spec for ``model_type``, or a clear error; other families: ``spec_for(model)``."""
     try:
         return SPECS[model_type]
     except KeyError:
         raise DepthpruneError(
-            f"unsupported model_type '{model_type}'. Supported: {', '.join(sorted(SPECS))}. "
-            "To add one, add an ArchSpec entry to depthprune.models.specs.SPECS "
+            f"no named spec for model_type '{model_type}'. Supported: {', '.join(sorted(SPECS))} by name, any "
+            "other family by inference from the loaded model (depthprune.models.spec_for(model)). To override "
+            "inference, add an ArchSpec entry to depthprune.models.specs.SPECS "
             "(block list path, attention/MLP submodule names, final norm, per-layer config lists)."
         ) from None
 
 
 def spec_for(model: nn.Module) -> ArchSpec:
-    return get_spec(model.config.model_type)
+    """The spec of ``model``: its named override if ``SPECS`` has its ``model_type``, else inferred from it
+    (cached per model and per model class + config); a ``DepthpruneError`` when its blocks cannot be found."""
+    named = SPECS.get(getattr(model.config, "model_type", None))
+    if named is not None:
+        return named
+    return inferred_spec(model)
+
+
+def num_layers_key(config) -> str:
+    """The config key holding the block count, from the config alone (named spec, else the first usual key)."""
+    named = SPECS.get(getattr(config, "model_type", None))
+    if named is not None:
+        return named.num_layers_key
+    counts = layer_counts(config)
+    if not counts:
+        raise DepthpruneError(f"model_type '{config.model_type}': the config has no layer count "
+                              f"({', '.join(LAYER_COUNT_KEYS)})")
+    return next(iter(counts))
 
 
 def get_blocks(model: nn.Module) -> nn.ModuleList:

@@ -4,7 +4,11 @@
 - key/value head g: the matching rows of the key and value projections;
 - MLP channel c: row c of the gate and up projections and column c of the down projection.
 
-Fused projections (phi3's ``qkv_proj`` and ``gate_up_proj``) are the same units at row offsets.
+Fused projections (phi3's ``qkv_proj`` and ``gate_up_proj``) are the same units at row offsets. The
+projections' names come from the model's spec (``ArchSpec.q_proj`` ... ``gate_up_proj``, named or inferred); a
+family is width-prunable when it has separate or fused q/k/v, an output projection, separate or fused
+gate/up, a down projection, and no other per-head or per-channel weights (such as OLMo 2's ``q_norm`` over
+all heads) that slicing would miss.
 """
 
 from __future__ import annotations
@@ -14,12 +18,9 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
-from depthprune.models.specs import get_blocks
+from depthprune.models.specs import ArchSpec, get_blocks, spec_for
 
 KINDS = ("q", "kv", "ch")
-SEPARATE = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
-FUSED = ("phi3",)
-WIDTH_MODEL_TYPES = SEPARATE + FUSED
 
 
 @dataclass(frozen=True)
@@ -53,37 +54,82 @@ class Slice:
     size: int
 
 
+def spec_width_problem(spec: ArchSpec) -> str | None:
+    """Why a spec's projections do not fit width pruning (None: they do)."""
+    missing = []
+    if not (spec.qkv_proj or (spec.q_proj and spec.k_proj and spec.v_proj)):
+        missing.append("separate or fused (qkv_proj) query/key/value projections")
+    if not spec.o_proj:
+        missing.append("an attention output projection")
+    if not (spec.gate_up_proj or (spec.gate_proj and spec.up_proj)):
+        missing.append("separate or fused (gate_up_proj) MLP gate/up projections")
+    if not spec.down_proj:
+        missing.append("an MLP down projection")
+    return f"its blocks have no {' or '.join(missing)}" if missing else None
+
+
+def _int(cfg, key) -> int | None:
+    value = getattr(cfg, key, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _stray_weights(model, spec: ArchSpec, d: Dims) -> str | None:
+    """A weight of the attention or MLP, outside the sliced projections, sized by heads or channels."""
+    block = get_blocks(model)[0]
+    sliced = {id(p) for s in layout(model, d) for p in block.get_submodule(s.module).parameters()}
+    head_sizes = {s for s in (d.heads, d.kv_heads, d.heads * d.head_dim, d.kv_heads * d.head_dim)
+                  if s > 1 and s != d.head_dim}
+    for parent, sizes in ((spec.o_proj, head_sizes), (spec.down_proj, {d.channels})):
+        prefix = parent.rpartition(".")[0]
+        if not prefix:
+            continue
+        for name, p in block.get_submodule(prefix).named_parameters():
+            if id(p) not in sliced and sizes & set(p.shape):
+                return (f"{prefix}.{name} has shape {tuple(p.shape)}, sized by heads or channels; slicing the "
+                        "projections would not follow it")
+    return None
+
+
 def model_dims(model) -> Dims:
     cfg = model.config
-    if cfg.model_type not in WIDTH_MODEL_TYPES:
-        raise DepthpruneError(
-            f"width pruning does not support model_type '{cfg.model_type}' (supported: "
-            f"{', '.join(WIDTH_MODEL_TYPES)}); use --method depth"
-        )
-    heads = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return Dims(heads, kv, head_dim, cfg.intermediate_size)
+    spec = spec_for(model)
+    problem = spec_width_problem(spec)
+    heads, channels = _int(cfg, "num_attention_heads"), _int(cfg, "intermediate_size")
+    if problem is None and (heads is None or channels is None):
+        problem = "its config has no num_attention_heads/intermediate_size"
+    d = None
+    if problem is None:
+        kv = _int(cfg, "num_key_value_heads") or heads
+        head_dim = _int(cfg, "head_dim") or cfg.hidden_size // heads
+        d = Dims(heads, kv, head_dim, channels)
+        problem = _stray_weights(model, spec, d)
+    if problem is not None:
+        raise DepthpruneError(f"width pruning does not support model_type '{cfg.model_type}' ({problem}); "
+                              "use --method depth")
+    return d
 
 
 def layout(model, dims: Dims | None = None) -> list[Slice]:
     """The prunable slices of every block of ``model`` (all blocks share one layout)."""
     d = dims or model_dims(model)
+    spec = spec_for(model)
     q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    if model.config.model_type in FUSED:
-        out = [Slice("self_attn.qkv_proj", 0, "q", 0, d.heads, d.head_dim),
-               Slice("self_attn.qkv_proj", 0, "kv", q, d.kv_heads, d.head_dim),
-               Slice("self_attn.qkv_proj", 0, "kv", q + kv, d.kv_heads, d.head_dim),
-               Slice("mlp.gate_up_proj", 0, "ch", 0, d.channels, 1),
-               Slice("mlp.gate_up_proj", 0, "ch", d.channels, d.channels, 1)]
+    if spec.qkv_proj:
+        out = [Slice(spec.qkv_proj, 0, "q", 0, d.heads, d.head_dim),
+               Slice(spec.qkv_proj, 0, "kv", q, d.kv_heads, d.head_dim),
+               Slice(spec.qkv_proj, 0, "kv", q + kv, d.kv_heads, d.head_dim)]
     else:
-        out = [Slice("self_attn.q_proj", 0, "q", 0, d.heads, d.head_dim),
-               Slice("self_attn.k_proj", 0, "kv", 0, d.kv_heads, d.head_dim),
-               Slice("self_attn.v_proj", 0, "kv", 0, d.kv_heads, d.head_dim),
-               Slice("mlp.gate_proj", 0, "ch", 0, d.channels, 1),
-               Slice("mlp.up_proj", 0, "ch", 0, d.channels, 1)]
-    return out + [Slice("self_attn.o_proj", 1, "q", 0, d.heads, d.head_dim),
-                  Slice("mlp.down_proj", 1, "ch", 0, d.channels, 1)]
+        out = [Slice(spec.q_proj, 0, "q", 0, d.heads, d.head_dim),
+               Slice(spec.k_proj, 0, "kv", 0, d.kv_heads, d.head_dim),
+               Slice(spec.v_proj, 0, "kv", 0, d.kv_heads, d.head_dim)]
+    if spec.gate_up_proj:
+        out += [Slice(spec.gate_up_proj, 0, "ch", 0, d.channels, 1),
+                Slice(spec.gate_up_proj, 0, "ch", d.channels, d.channels, 1)]
+    else:
+        out += [Slice(spec.gate_proj, 0, "ch", 0, d.channels, 1),
+                Slice(spec.up_proj, 0, "ch", 0, d.channels, 1)]
+    return out + [Slice(spec.o_proj, 1, "q", 0, d.heads, d.head_dim),
+                  Slice(spec.down_proj, 1, "ch", 0, d.channels, 1)]
 
 
 def check_layout(model, slices: list[Slice]) -> None:

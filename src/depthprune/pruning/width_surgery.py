@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from depthprune.errors import DepthpruneError
 from depthprune.importance.width import WidthScores
-from depthprune.models.specs import get_blocks
+from depthprune.models.specs import get_blocks, spec_for
 from depthprune.models.width_layout import Dims, Slice, layout
 
 
@@ -102,9 +102,10 @@ def _slice_linear(mod: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor 
     mod.out_features, mod.in_features = mod.weight.shape
 
 
-def _update_modules(block: nn.Module, after: Dims) -> None:
-    """Attributes transformers derives from the config at construction time."""
-    attn, mlp = block.get_submodule("self_attn"), block.get_submodule("mlp")
+def _update_modules(block: nn.Module, after: Dims, spec) -> None:
+    """Attributes transformers derives from the config at construction time (on the modules holding the output
+    and down projections: the attention and the MLP)."""
+    attn, mlp = (block.get_submodule(p.rpartition(".")[0]) for p in (spec.o_proj, spec.down_proj))
     values = {"num_key_value_groups": after.group, "num_key_value_heads": after.kv_heads,
               "num_heads": after.heads, "head_dim": after.head_dim}
     for key, value in values.items():
@@ -132,6 +133,6 @@ def apply_width(model, keeps: list[BlockKeep], before: Dims, after: Dims) -> Non
             cols = [s for s in ss if s.dim == 1]
             _slice_linear(mod, _index(out_dim, rows, keep) if rows else None,
                           _index(in_dim, cols, keep) if cols else None)
-        _update_modules(block, after)
+        _update_modules(block, after, spec_for(model))
     for key, value in after.to_config().items():
         setattr(model.config, key, value)

@@ -9,7 +9,7 @@ import torch.nn as nn
 from accelerate.utils import set_seed
 
 from depthprune.errors import DepthpruneError
-from depthprune.models.specs import get_blocks, get_spec
+from depthprune.models.specs import get_blocks, spec_for
 from depthprune.retrain.config import check_output, make_accelerator
 from depthprune.retrain.data import instruction_dataset, load_instructions
 from depthprune.retrain.engine import CausalLMLoss
@@ -22,7 +22,7 @@ ADAPTER_DIR = "adapter"
 
 def default_targets(model: nn.Module) -> list[str]:
     """Leaf names of the block projections (q, k, v, o, gate, up, down for LLaMA-like models)."""
-    leaves = [p.rsplit(".", 1)[-1] for p in get_spec(model.config.model_type).projections]
+    leaves = [p.rsplit(".", 1)[-1] for p in spec_for(model).projections]
     return list(dict.fromkeys(leaves))
 
 

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from depthprune.errors import DepthpruneError
 from depthprune.models.loading import LoadedModel, load_model
 from depthprune.models.placement import DTYPES, _effective_device, estimate_model_bytes, gpu_free_bytes, plan_device_map
-from depthprune.models.specs import get_spec
+from depthprune.models.specs import spec_for
 
 CONFIG_PREFIX = "config:"
 
@@ -81,7 +81,6 @@ def load_config_model(src: str, dtype: str = "auto", device: str = "auto") -> Lo
     try:
         fields = json.loads(path.read_text()) | overrides
         model_type = fields.pop("model_type")
-        get_spec(model_type)
         config = AutoConfig.for_model(model_type, **fields)  # __init__ sees the overrides (derived lists follow)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DepthpruneError(f"--model {src}: not a usable config.json ({type(exc).__name__}: {exc})") from None
@@ -99,6 +98,7 @@ def load_config_model(src: str, dtype: str = "auto", device: str = "auto") -> Lo
 
         no_split = list(getattr(model, "_no_split_modules", None) or [])
         model = dispatch_model(model, infer_auto_device_map(model, no_split_module_classes=no_split))
+    spec_for(model)  # refuses a model whose decoder blocks cannot be found
     return LoadedModel(model.eval(), None, src)
 
 

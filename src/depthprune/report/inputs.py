@@ -69,7 +69,7 @@ def json_kind(data) -> str | None:
     if _is_list_of(data.get("samples"), "prompt", "continuation"):
         return "samples"  # evaluation/samples.py samples_json() (+ "model")
     if isinstance(data.get("models"), list) and isinstance(data.get("settings"), list) and "protocol" in data:
-        return "bench"  # bench/runner.py run_benchmark()
+        return "bench"  # experiments/runner.py run_benchmark()
     if isinstance(data.get("scores"), list) and isinstance(data.get("candidates"), list) and \
             "criterion" in data and "unit" in data:
         return "scores"  # BlockScores.to_json()

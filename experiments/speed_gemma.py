@@ -3,7 +3,7 @@
 Runs ``depthprune bench`` with the paper's protocol (12 input tokens, M in {1, 4}, L = 128, 10 warm-ups,
 mean of 20 runs) and prints the Markdown table; JSON, Markdown and the latency-throughput plot go to --out.
 
-    python bench/speed_gemma.py runs/gemma-ppl-4 runs/gemma-ppl-6 --make
+    python experiments/speed_gemma.py runs/gemma-ppl-4 runs/gemma-ppl-6 --make
 
 The two pruned checkpoints are given as directories; with ``--make`` a missing one is produced first with
 ``depthprune prune --criterion ppl --num-blocks K`` (scoring takes a few minutes on CPU). Speed does not depend

@@ -1,4 +1,4 @@
-"""Shared helpers for the bench/ scripts: the embedded model, paper windows, and a resumable PPL cache."""
+"""Shared helpers for the experiments/ scripts: the embedded model, paper windows, and a resumable PPL cache."""
 
 from __future__ import annotations
 

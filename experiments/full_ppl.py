@@ -2,7 +2,7 @@
 
 Also checks that batch size 1 and 16 give the same PPL on the first 20 WikiText-2 windows.
 
-    python bench/full_ppl.py
+    python experiments/full_ppl.py
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each variant runs in a fresh subprocess so its peak RSS is its own. Default: Gemma 3 270M, float32,
 48 WikiText-2 windows of 128 tokens (BOS prepended), batch size 16.
 
-    python bench/ppl_evaluator.py [--windows 48] [--batch-size 16]
+    python experiments/ppl_evaluator.py [--windows 48] [--batch-size 16]
 """
 
 from __future__ import annotations

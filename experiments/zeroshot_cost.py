@@ -4,8 +4,8 @@ Builds every loglikelihood request of the paper's 7 tasks (local data, lm-eval's
 the tokens the model must read (BOS + context + continuation, with the Gemma tokenizer), and, with
 ``--time N``, times lm-eval on the first N examples of each task to turn the token count into hours.
 
-    python bench/zeroshot_cost.py              # counts only (a minute)
-    python bench/zeroshot_cost.py --time 8     # plus a timed lm-eval run on 8 examples per task
+    python experiments/zeroshot_cost.py              # counts only (a minute)
+    python experiments/zeroshot_cost.py --time 8     # plus a timed lm-eval run on 8 examples per task
 """
 
 from __future__ import annotations

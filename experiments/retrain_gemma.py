@@ -12,8 +12,8 @@ windows of 128 tokens. Prints a Markdown table and writes it, with a JSON of all
 docs/results/retrain_gemma3_270m.{md,json}. Resumable: finished stages (retrain.json present) and measured
 perplexities are reused; an interrupted retraining stage continues from its checkpoint.
 
-    python bench/retrain_gemma.py                              # full run: hours on a CPU, minutes on a GPU
-    python bench/retrain_gemma.py --smoke --model tests_tiny_dir --work /tmp/rb   # plumbing check only
+    python experiments/retrain_gemma.py                              # full run: hours on a CPU, minutes on a GPU
+    python experiments/retrain_gemma.py --smoke --model tests_tiny_dir --work /tmp/rb   # plumbing check only
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each measurement runs in a fresh subprocess. Models: Gemma 3 270M (float32) and 
 model with a small vocabulary (hidden 512, 16 blocks, vocab 32000). Calibration: War and Peace,
 10 x 128 tokens, seed 0.
 
-    python bench/scoring_cost.py
+    python experiments/scoring_cost.py
 """
 
 from __future__ import annotations

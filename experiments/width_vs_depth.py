@@ -5,12 +5,12 @@ ppl) with the width baselines (wanda-sp, taylor-sp: fewer heads / MLP channels i
 target = the depth-pruned model's exact parameter count). Reports parameters, WikiText-2 and PTB perplexity
 on the first 200 windows of 128 tokens, and batch-1 latency / throughput (12 input tokens, L = 128 new
 tokens, greedy, 10 warm-up runs then the mean of 20; depthprune.speed.measure_setting).
-Calibration: War and Peace, 10 x 128 tokens, seed 0 (as bench/criteria_table.py, whose PPL cache it shares
+Calibration: War and Peace, 10 x 128 tokens, seed 0 (as the former bench/criteria_table.py, whose PPL cache it shares
 when run with the default 200 windows). Writes <results-dir>/width_vs_depth_gemma3_270m.md and .json.
 Resumable for perplexities; latencies are measured again on every run.
 
-    python bench/width_vs_depth.py                      # full run (roughly 30-60 min on 2 CPU cores)
-    python bench/width_vs_depth.py --windows 2 --levels 4 --warmup 0 --runs 1 --new-tokens 8 \\
+    python experiments/width_vs_depth.py                      # full run (roughly 30-60 min on 2 CPU cores)
+    python experiments/width_vs_depth.py --windows 2 --levels 4 --warmup 0 --runs 1 --new-tokens 8 \\
         --calib-samples 2 --results-dir /tmp/wvd        # smoke run
 """
 
@@ -27,12 +27,12 @@ from pathlib import Path
 
 from _common import RESULTS, WINDOWS, PPLCache, paper_windows
 
-from depthprune.speed import make_prompt, measure_setting
 from depthprune.data import CalibrationSpec, build_calibration
 from depthprune.importance import score_model
 from depthprune.models import block_params, count_params, load_model
 from depthprune.pruning import Target, blocks_removed, resolve_protection, select_blocks
 from depthprune.pruning.width import plan_width, prune_width, score_width
+from depthprune.speed import make_prompt, measure_setting
 
 DEPTH = ["taylor+", "ppl"]
 WIDTH = ["wanda-sp", "taylor-sp"]
@@ -81,7 +81,7 @@ def speed_only(args) -> int:
 
     path = args.results_dir / "width_vs_depth_gemma3_270m.json"
     if not path.is_file():
-        raise SystemExit(f"--speed-only needs {path} from an earlier run: run `python bench/width_vs_depth.py "
+        raise SystemExit(f"--speed-only needs {path} from an earlier run: run `python experiments/width_vs_depth.py "
                          f"--no-speed --results-dir {args.results_dir}` first")
     if args.no_speed:
         raise SystemExit("--speed-only and --no-speed exclude each other: pick one")
@@ -178,7 +178,7 @@ def write(rows: list[dict], times: dict, args) -> None:
         f"x 128 tokens, seed 0. Perplexity: first {args.windows} windows of 128 tokens (BOS prepended) of "
         "WikiText-2 and PTB, float32. Speed: batch 1, "
         f"{args.input_tokens} input tokens, {args.new_tokens} new tokens (greedy), {args.warmup} warm-up runs, "
-        f"mean of {args.runs}. Reproduce: `python bench/width_vs_depth.py`.",
+        f"mean of {args.runs}. Reproduce: `python experiments/width_vs_depth.py`.",
         "",
         "| K | method | criterion | shape | params | WikiText-2 PPL | PTB PPL | latency (s) | throughput (tok/s) |",
         "|---|---|---|---|---|---|---|---|---|",

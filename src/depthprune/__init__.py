@@ -12,41 +12,22 @@ The public API, one call per stage (each also takes a model source string where 
     dp.bench([model, "runs/p4"], batch_sizes=[1], output_lengths=[128])
     dp.retrain(model, tok, kind="lora", data="alpaca_demo", max_steps=10)
 
-Names are imported on first use, so ``import depthprune`` stays light.
+The names are bound here once the stage packages are imported, so ``dp.retrain`` is the function even though
+``depthprune.retrain`` is also the retraining package.
 """
 
-from __future__ import annotations
-
-import importlib
+from depthprune.data.calibration import CalibrationSpec
+from depthprune.errors import DepthpruneError
+from depthprune.evaluation.run import perplexity, zeroshot
+from depthprune.importance.base import BlockScores
+from depthprune.importance.scoring import score
+from depthprune.models.loading import load
+from depthprune.pipeline.runner import run_experiment as run
+from depthprune.pruning.prune import PruneResult
+from depthprune.pruning.run import prune
+from depthprune.retrain.run import RetrainResult, retrain
+from depthprune.speed.runner import bench
 
 __version__ = "0.1.0"
-
-_API = {
-    "load": "depthprune.models.loading",
-    "score": "depthprune.importance.scoring",
-    "prune": "depthprune.pruning.run",
-    "retrain": "depthprune.retrain.run",
-    "perplexity": "depthprune.evaluation.run",
-    "zeroshot": "depthprune.evaluation.run",
-    "bench": "depthprune.speed.runner",
-    "run": "depthprune.pipeline.runner",
-    "BlockScores": "depthprune.importance.base",
-    "CalibrationSpec": "depthprune.data.calibration",
-    "PruneResult": "depthprune.pruning.prune",
-    "RetrainResult": "depthprune.retrain.run",
-    "DepthpruneError": "depthprune.errors",
-}
-__all__ = sorted(_API) + ["__version__"]
-
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'depthprune' has no attribute {name!r}")
-    target = "run_experiment" if name == "run" else name
-    value = getattr(importlib.import_module(_API[name]), target)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = ["BlockScores", "CalibrationSpec", "DepthpruneError", "PruneResult", "RetrainResult", "__version__", "bench",
+           "load", "perplexity", "prune", "retrain", "run", "score", "zeroshot"]

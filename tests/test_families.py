@@ -300,7 +300,7 @@ def test_cache_is_per_class_and_config():
 
 
 def test_lora_default_targets_come_from_the_inferred_spec():
-    from depthprune.retrain.lora import default_targets
+    from depthprune.retraining.lora import default_targets
 
     assert default_targets(family_model("qwen2_moe", layers=2)) == [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

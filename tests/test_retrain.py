@@ -19,10 +19,10 @@ from tiny import SAMPLE_TEXT, save_tiny
 from depthprune.cli import main
 from depthprune.core.options import build
 from depthprune.errors import DepthpruneError
-from depthprune.retrain import engine
-from depthprune.retrain.data import IGNORE, instruction_dataset, load_instructions
-from depthprune.retrain.options import TrainOptions
-from depthprune.retrain.plan import DataPlan
+from depthprune.retraining import engine
+from depthprune.retraining.data import IGNORE, instruction_dataset, load_instructions
+from depthprune.retraining.options import TrainOptions
+from depthprune.retraining.plan import DataPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"

@@ -13,7 +13,7 @@ The public API, one call per stage (each also takes a model source string where 
     dp.retrain(model, tok, kind="lora", data="alpaca_demo", max_steps=10)
 
 The names are bound here once the stage packages are imported, so ``dp.retrain`` is the function even though
-``depthprune.retrain`` is also the retraining package.
+``depthprune.retraining`` is also the retraining package.
 """
 
 from depthprune.data.calibration import CalibrationSpec
@@ -25,7 +25,7 @@ from depthprune.models.loading import load
 from depthprune.pipeline.runner import run_experiment as run
 from depthprune.pruning.prune import PruneResult
 from depthprune.pruning.run import prune
-from depthprune.retrain.run import RetrainResult, retrain
+from depthprune.retraining.run import RetrainResult, retrain
 from depthprune.speed.runner import bench
 
 __version__ = "0.1.0"

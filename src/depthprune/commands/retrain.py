@@ -9,7 +9,7 @@ import argparse
 
 from depthprune.core.options import add_options, given_options, parse_options
 from depthprune.errors import DepthpruneError
-from depthprune.retrain.run import KINDS
+from depthprune.retraining.run import KINDS
 
 HELP = {"lora": "LoRA on every block projection, on Alpaca-format instructions",
         "cpt": "continued pretraining of all parameters on raw text"}

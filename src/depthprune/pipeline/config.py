@@ -28,7 +28,7 @@ from depthprune.data.calibration import CalibrationSpec
 from depthprune.evaluation.options import PerplexitySettings, SamplesOptions, ZeroShotOptions
 from depthprune.models.options import ModelOptions
 from depthprune.pruning.options import PruneOptions, TargetOptions, target_label
-from depthprune.retrain.run import KINDS
+from depthprune.retraining.run import KINDS
 from depthprune.speed.options import BenchOptions
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"

@@ -33,8 +33,8 @@ from depthprune.pipeline.config import ExperimentConfig, Leaf, ModelConfig, Targ
 from depthprune.pipeline.stagelog import config_hash
 from depthprune.pruning.options import PruneOptions
 from depthprune.pruning.run import prune
-from depthprune.retrain.checkpoint import list_checkpoints
-from depthprune.retrain.run import KINDS as RETRAIN_KINDS
+from depthprune.retraining.checkpoint import list_checkpoints
+from depthprune.retraining.run import KINDS as RETRAIN_KINDS
 from depthprune.speed.options import BenchOptions
 from depthprune.speed.runner import run_benchmark
 

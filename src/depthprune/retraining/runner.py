@@ -8,10 +8,10 @@ from pathlib import Path
 from depthprune.core.io import remove_tree
 from depthprune.errors import DepthpruneError
 from depthprune.models.loading import LoadedModel, load_model, model_source
-from depthprune.retrain.checkpoint import checkpoint_root
-from depthprune.retrain.engine import CausalLMLoss, Trainer
-from depthprune.retrain.options import TrainOptions
-from depthprune.retrain.output import prepare_for_export, write_final
+from depthprune.retraining.checkpoint import checkpoint_root
+from depthprune.retraining.engine import CausalLMLoss, Trainer
+from depthprune.retraining.options import TrainOptions
+from depthprune.retraining.output import prepare_for_export, write_final
 
 
 def load_for_training(model_src: str | None, dtype: str, cache_dir: str | None):

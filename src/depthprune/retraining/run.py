@@ -9,9 +9,9 @@ from pathlib import Path
 from depthprune.core.io import remove_tree
 from depthprune.core.options import build
 from depthprune.errors import DepthpruneError
-from depthprune.retrain.cpt import run_cpt
-from depthprune.retrain.lora import run_lora
-from depthprune.retrain.options import CptOptions, LoraOptions
+from depthprune.retraining.cpt import run_cpt
+from depthprune.retraining.lora import run_lora
+from depthprune.retraining.options import CptOptions, LoraOptions
 
 KINDS = {"lora": (LoraOptions, run_lora), "cpt": (CptOptions, run_cpt)}
 

@@ -4,12 +4,12 @@ One Accelerate-driven loop serves a CPU, one GPU, and many GPUs under ``accelera
 with atomic checkpoints, exact resume and Ctrl-C checkpointing.
 """
 
-from depthprune.retrain.cpt import run_cpt
-from depthprune.retrain.data import instruction_dataset, load_instructions, packed_text_dataset
-from depthprune.retrain.engine import LOG_FILE, CausalLMLoss, Trainer
-from depthprune.retrain.lora import default_targets, run_lora
-from depthprune.retrain.options import CptOptions, LoraOptions, TrainOptions
-from depthprune.retrain.run import KINDS, RetrainResult, retrain
+from depthprune.retraining.cpt import run_cpt
+from depthprune.retraining.data import instruction_dataset, load_instructions, packed_text_dataset
+from depthprune.retraining.engine import LOG_FILE, CausalLMLoss, Trainer
+from depthprune.retraining.lora import default_targets, run_lora
+from depthprune.retraining.options import CptOptions, LoraOptions, TrainOptions
+from depthprune.retraining.run import KINDS, RetrainResult, retrain
 
 __all__ = [
     "KINDS", "LOG_FILE", "CausalLMLoss", "CptOptions", "LoraOptions", "RetrainResult", "TrainOptions", "Trainer",

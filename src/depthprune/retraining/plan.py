@@ -7,7 +7,7 @@ import math
 import torch
 
 from depthprune.errors import DepthpruneError
-from depthprune.retrain.data import TokenDataset
+from depthprune.retraining.data import TokenDataset
 
 
 class DataPlan:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from depthprune.retrain.config import check_output, make_accelerator
-from depthprune.retrain.data import packed_text_dataset
-from depthprune.retrain.engine import CausalLMLoss
-from depthprune.retrain.options import DEFAULT_CPT_SEQ_LEN, CptOptions
-from depthprune.retrain.output import cast_for_save
-from depthprune.retrain.runner import check_seq_len_fits, live_or_loaded, load_for_training, train_and_export
+from depthprune.retraining.config import check_output, make_accelerator
+from depthprune.retraining.data import packed_text_dataset
+from depthprune.retraining.engine import CausalLMLoss
+from depthprune.retraining.options import DEFAULT_CPT_SEQ_LEN, CptOptions
+from depthprune.retraining.output import cast_for_save
+from depthprune.retraining.runner import check_seq_len_fits, live_or_loaded, load_for_training, train_and_export
 
 
 def cpt_seq_len(model, opts: CptOptions) -> int:

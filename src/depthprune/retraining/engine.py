@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from depthprune.core.io import remove_tree, replace_dir
 from depthprune.core.loss import chunked_nll
 from depthprune.errors import DepthpruneError
-from depthprune.retrain.checkpoint import (
+from depthprune.retraining.checkpoint import (
     STATE_FILE,
     TRAINABLE_FILE,
     StopRequest,
@@ -40,10 +40,10 @@ from depthprune.retrain.checkpoint import (
     rng_snapshot,
     save_trainable,
 )
-from depthprune.retrain.config import build_optimizer, build_scheduler
-from depthprune.retrain.data import TokenDataset
-from depthprune.retrain.options import TrainOptions
-from depthprune.retrain.plan import DataPlan
+from depthprune.retraining.config import build_optimizer, build_scheduler
+from depthprune.retraining.data import TokenDataset
+from depthprune.retraining.options import TrainOptions
+from depthprune.retraining.plan import DataPlan
 
 LOG_FILE = "train_log.jsonl"
 

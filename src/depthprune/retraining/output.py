@@ -15,7 +15,7 @@ from depthprune.core.versions import library_versions
 from depthprune.errors import DepthpruneError
 from depthprune.pruning.module_surgery import REMOTE_CODE_FILE
 from depthprune.pruning.save import PRUNING_FILE
-from depthprune.retrain.engine import set_activation_checkpointing
+from depthprune.retraining.engine import set_activation_checkpointing
 
 RETRAIN_FILE = "retrain.json"
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

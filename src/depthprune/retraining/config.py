@@ -16,8 +16,8 @@ from transformers.optimization import (
 )
 
 from depthprune.errors import DepthpruneError
-from depthprune.retrain.checkpoint import latest_checkpoint, list_checkpoints
-from depthprune.retrain.options import TrainOptions
+from depthprune.retraining.checkpoint import latest_checkpoint, list_checkpoints
+from depthprune.retraining.options import TrainOptions
 
 
 def check_output(cfg: TrainOptions, model_src: str | None = None) -> Path | None:

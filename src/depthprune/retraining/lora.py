@@ -10,12 +10,12 @@ from accelerate.utils import set_seed
 
 from depthprune.errors import DepthpruneError
 from depthprune.models.specs import get_blocks, spec_for
-from depthprune.retrain.config import check_output, make_accelerator
-from depthprune.retrain.data import instruction_dataset, load_instructions
-from depthprune.retrain.engine import CausalLMLoss
-from depthprune.retrain.options import LoraOptions
-from depthprune.retrain.output import cast_for_save
-from depthprune.retrain.runner import check_seq_len_fits, live_or_loaded, load_for_training, train_and_export
+from depthprune.retraining.config import check_output, make_accelerator
+from depthprune.retraining.data import instruction_dataset, load_instructions
+from depthprune.retraining.engine import CausalLMLoss
+from depthprune.retraining.options import LoraOptions
+from depthprune.retraining.output import cast_for_save
+from depthprune.retraining.runner import check_seq_len_fits, live_or_loaded, load_for_training, train_and_export
 
 ADAPTER_DIR = "adapter"
 

@@ -14,6 +14,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_options(p, ModelOptions)
 
 
+def add_eval_parser(sub, name: str, help: str, options_cls, func, exclude: tuple[str, ...] = (),
+                    description: str | None = None) -> argparse.ArgumentParser:
+    """An ``eval`` subcommand: the model flags, the stage's options, ``--json``."""
+    p = sub.add_parser(name, help=help, description=description)
+    add_model_args(p)
+    add_options(p, options_cls, exclude=exclude)
+    p.add_argument("--json", default=None, help="write the result as JSON here")
+    p.set_defaults(func=func)
+    return p
+
+
 def model_options(args) -> ModelOptions:
     return parse_options(ModelOptions, args)
 

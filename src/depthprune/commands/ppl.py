@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 
-from depthprune.commands.common import add_model_args, load_from_args
+from depthprune.commands.common import add_eval_parser, load_from_args
 from depthprune.core.io import write_json_atomic
-from depthprune.core.options import add_options, build, given_options
+from depthprune.core.options import build, given_options
 from depthprune.evaluation.options import PerplexityOptions
 from depthprune.evaluation.run import perplexity
 
 
 def register(sub) -> None:
-    p = sub.add_parser("ppl", help="perplexity on non-overlapping windows (BOS at each window's start)")
-    add_model_args(p)
-    add_options(p, PerplexityOptions)
-    p.add_argument("--json", default=None, help="write the result as JSON here")
-    p.set_defaults(func=run)
+    add_eval_parser(sub, "ppl", "perplexity on non-overlapping windows (BOS at each window's start)",
+                    PerplexityOptions, run)
 
 
 def run(args) -> int:

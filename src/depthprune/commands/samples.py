@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 
-from depthprune.commands.common import add_model_args, load_from_args
+from depthprune.commands.common import add_eval_parser, load_from_args
 from depthprune.core.io import write_json_atomic
-from depthprune.core.options import add_options, build, given_options
+from depthprune.core.options import build, given_options
 from depthprune.evaluation.options import SamplesOptions
 from depthprune.evaluation.samples import samples_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("samples", help="greedy continuations of fixed prompts (generation examples)",
-                       description=__doc__ + " Greedy, exactly --max-new-tokens new tokens per prompt (EOS cannot "
-                                             "stop it); 'depthprune report' shows the --json file.")
-    add_model_args(p)
+    p = add_eval_parser(sub, "samples", "greedy continuations of fixed prompts (generation examples)",
+                        SamplesOptions, run, exclude=("prompts",),
+                        description=__doc__ + " Greedy, exactly --max-new-tokens new tokens per prompt (EOS cannot "
+                                              "stop it); 'depthprune report' shows the --json file.")
     p.add_argument("--prompt", action="append", default=None,
                    help="repeatable; default: three fixed prompts (depthprune.evaluation.samples.DEFAULT_PROMPTS)")
-    add_options(p, SamplesOptions, exclude=("prompts",))
-    p.add_argument("--json", default=None, help="write the result as JSON here")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from depthprune.commands.common import add_model_args, load_from_args
+from depthprune.commands.common import add_eval_parser, load_from_args
 from depthprune.core.io import write_json_atomic
-from depthprune.core.options import add_options, build, given_options
+from depthprune.core.options import build, given_options
 from depthprune.evaluation.options import ZeroShotOptions
 from depthprune.evaluation.run import zeroshot
 from depthprune.evaluation.zeroshot import resolve_sources
 
 
 def register(sub) -> None:
-    p = sub.add_parser("zeroshot", help="zero-shot accuracy on BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e/c, OBQA")
-    add_model_args(p)
-    add_options(p, ZeroShotOptions)
-    p.add_argument("--json", default=None, help="write the result as JSON here")
-    p.set_defaults(func=run)
+    add_eval_parser(sub, "zeroshot", "zero-shot accuracy on BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e/c, OBQA",
+                    ZeroShotOptions, run)
 
 
 def run(args) -> int:

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from depthprune.core.io import atomic_path  # noqa: E402
+from depthprune.core.figures import plt, save_figure
 
 
 def plot_block_scores(scores, path: str | Path, removed=(), protected=()) -> Path:
@@ -40,10 +35,4 @@ def plot_block_scores(scores, path: str | Path, removed=(), protected=()) -> Pat
     ax.set_title(f"Block importance ({scores.criterion})" + (f"; {', '.join(notes)}" if notes else ""))
     if scores.criterion.startswith("ppl"):
         ax.set_yscale("log")
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

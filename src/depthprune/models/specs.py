@@ -61,16 +61,14 @@ SPECS: dict[str, ArchSpec] = {
         q_proj="self_attn.q_proj", k_proj="self_attn.k_proj", v_proj="self_attn.v_proj",
         o_proj="self_attn.out_proj", up_proj="fc1", down_proj="fc2",  # no gate: not width-prunable
     ),
-    "gpt_neox": ArchSpec(
-        blocks="gpt_neox.layers",
-        attention=("attention",),
-        mlp=("mlp",),
-        final_norm=("gpt_neox.final_layer_norm",),
-        attn_norms=("input_layernorm",),
-        mlp_norms=("post_attention_layernorm",),
-        projections=("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
-        # query_key_value interleaves q/k/v per head (not [Q | K | V]) and the MLP has no gate: no width pruning
-        o_proj="attention.dense", up_proj="mlp.dense_h_to_4h", down_proj="mlp.dense_4h_to_h",
+    "gpt_neox": ArchSpec(  # LLaMA's norms and MLP name; its own block path, attention name and projections
+        **dict(
+            _LLAMA_LIKE, blocks="gpt_neox.layers", attention=("attention",), final_norm=("gpt_neox.final_layer_norm",),
+            projections=("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+            # query_key_value interleaves q/k/v per head (not [Q | K | V]) and the MLP has no gate: no width pruning
+            q_proj=None, k_proj=None, v_proj=None, gate_proj=None,
+            o_proj="attention.dense", up_proj="mlp.dense_h_to_4h", down_proj="mlp.dense_4h_to_h",
+        )
     ),
 }
 

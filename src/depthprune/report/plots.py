@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from depthprune.core.figures import plt, save_figure
 
 
 def plot_metric_vs_params(panels: dict[str, dict[str, list[tuple[float, float]]]], path: str | Path,
@@ -40,8 +38,4 @@ def plot_metric_vs_params(panels: dict[str, dict[str, list[tuple[float, float]]]
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -5,13 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
+from depthprune.core.figures import plt, save_figure
 from depthprune.core.format import fmt_params
-from depthprune.core.io import atomic_path
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
@@ -145,10 +140,4 @@ def plot_latency_throughput(result: dict, path: str | os.PathLike) -> Path:
         ax.grid(True, alpha=0.3)
         if xs_all:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -28,7 +28,7 @@ from depthprune.speed import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-LLAMA_7B = REPO / "bench" / "configs" / "llama-7b.json"
+LLAMA_7B = REPO / "experiments" / "configs" / "llama-7b.json"
 
 
 @pytest.fixture(autouse=True)

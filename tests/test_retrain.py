@@ -243,3 +243,19 @@ def test_interrupt_in_first_step_then_resume(files, monkeypatch):
                "--max-steps", 2, *CPT_ARGS, "--resume") == 0
     assert len(log_of(out)) == 2
     shutil.rmtree(out)
+
+
+def test_cpt_keeps_checkpoints_only_while_unfinished_and_can_freeze_embeddings(files):
+    """A finished run deletes its resume checkpoints unless --keep-checkpoints; frozen embeddings stay bitwise."""
+    out = files["root"] / "frozen"
+    assert run("retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", out,
+               "--max-steps", 3, *CPT_ARGS[:-2], "--save-every", "1", "--freeze-embeddings") == 0
+    assert not (out / "checkpoints").exists()
+    before, after = load_file(files["model"] / "model.safetensors"), load_file(out / "model.safetensors")
+    emb = next(k for k in before if "embed_tokens" in k)
+    assert torch.equal(before[emb], after[emb])
+    assert any(not torch.equal(before[k], after[k]) for k in before if "layers" in k)
+    kept = files["root"] / "kept"
+    assert run("retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", kept,
+               "--max-steps", 3, *CPT_ARGS[:-2], "--save-every", "1", "--keep-checkpoints", "2") == 0
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]

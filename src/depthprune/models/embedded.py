@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from depthprune.core.io import staged_dir
 from depthprune.errors import DepthpruneError
 
@@ -44,4 +46,21 @@ def embedded_checkpoint(cache_dir: str | os.PathLike | None, convert: Callable[[
     with staged_dir(target) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
+    return target
+
+
+def embedded_in_dtype(cache_dir: str | os.PathLike | None, dtype, convert: Callable[[Path], object],
+                      load_dir: Callable[[Path, object], object]) -> Path:
+    """The embedded checkpoint stored in ``dtype`` (a half-precision copy is made once from the float32 one), so
+    loading it in that dtype maps its weights directly instead of converting a float32 copy in memory."""
+    base = embedded_checkpoint(cache_dir, convert)
+    if dtype in (None, "auto", torch.float32):
+        return base
+    target = base.with_name(f"{EMBEDDED_NAME}-{str(dtype).removeprefix('torch.')}")
+    if not (target / "config.json").is_file():
+        loaded = load_dir(base, dtype)
+        with staged_dir(target) as tmp:
+            loaded.model.save_pretrained(tmp)
+            loaded.tokenizer.save_pretrained(tmp)
+        del loaded
     return target

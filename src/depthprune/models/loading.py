@@ -13,7 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from depthprune.core.skip import make_pruned_class
 from depthprune.errors import DepthpruneError
-from depthprune.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_checkpoint
+from depthprune.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_in_dtype
 from depthprune.models.placement import _device_map, _effective_device, resolve_dtype
 from depthprune.models.specs import num_layers_key, spec_for
 
@@ -87,7 +87,8 @@ def load_model(
     kwargs = dict(dtype=torch_dtype, device=device)
 
     if src in EMBEDDED_ALIASES:
-        path = embedded_checkpoint(cache_dir, _convert_embedded)
+        path = embedded_in_dtype(cache_dir, torch_dtype, _convert_embedded,
+                                 lambda p, dt: _load_dir(p, dict(dtype=dt, device="cpu"), source=src))
         return _load_dir(path, kwargs, source=src)
 
     path = Path(src).expanduser()

@@ -119,6 +119,10 @@ def prune(model, tokenizer=None, *, scores: BlockScores | str | None = None, cal
             f"protected blocks {result.selection.protected or 'none'})")
     say(f"Parameters: {info['params_before']:,} -> {info['params_after']:,} ({info['ratio_removed']:.1%} removed)"
         + (f", blocks {info['num_blocks_before']} -> {info['num_blocks_after']}" if "num_blocks_after" in info else ""))
+    if target.num_blocks is None:  # whole blocks (or heads/channels) go: the target is reached or passed
+        asked = target.ratio if target.ratio is not None else 1 - target.target_params / info["params_before"]
+        say(f"Target {asked:.1%} of the parameters; removed {info['ratio_removed']:.1%} (the smallest number of "
+            f"whole {'units' if opts.method == 'width' else 'blocks'} that reaches it)")
     result.info = info | {"source_model": source, "seed": calib.spec.seed if calib else None,
                           "calibration": calib.to_json() if calib else None,
                           "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

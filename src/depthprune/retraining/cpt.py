@@ -34,11 +34,14 @@ def run_cpt(opts: CptOptions, model=None, tokenizer=None, callbacks: list | None
     dataset = packed_text_dataset(opts.data, lm.tokenizer, seq_len, opts.text_field)
     for p in lm.model.parameters():
         p.requires_grad_(True)
+    if opts.freeze_embeddings:
+        lm.model.get_input_embeddings().weight.requires_grad_(False)
 
     def rebuild() -> CausalLMLoss:
         return CausalLMLoss(load_for_training(opts.model, opts.dtype, opts.cache_dir).model)
 
-    fingerprint = {"method": "cpt", "data": opts.data, "seq_len": seq_len, "text_field": opts.text_field}
+    fingerprint = {"method": "cpt", "data": opts.data, "seq_len": seq_len, "text_field": opts.text_field,
+                   "freeze_embeddings": opts.freeze_embeddings}
     info = {"method": "cpt", "cpt": opts.model_dump() | {"seq_len": seq_len}, "data": opts.data}
     return train_and_export(
         "cpt", acc, CausalLMLoss(lm.model), lm.tokenizer, dataset, opts, fingerprint, resume_from, opts.model,

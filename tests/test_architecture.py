@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "depthprune"
-ORDER = ["core", "models", "data", "importance", "pruning", "retraining", "evaluation", "quantization", "speed", "report",
-         "pipeline", "commands"]
+ORDER = ["core", "models", "data", "importance", "pruning", "retraining", "evaluation", "quantization", "speed",
+         "report", "pipeline", "commands"]
 """The data flow, bottom to top: each stage package may import only itself and the stages before it."""
 MAX_LOCAL_IMPORTS = 15
 MAX_LINES = 400

@@ -259,3 +259,15 @@ def test_cpt_keeps_checkpoints_only_while_unfinished_and_can_freeze_embeddings(f
     assert run("retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", kept,
                "--max-steps", 3, *CPT_ARGS[:-2], "--save-every", "1", "--keep-checkpoints", "2") == 0
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+
+
+def test_cpt_random_init_trains_the_architecture_from_fresh_weights(files):
+    out = files["root"] / "random"
+    args = [a if a != "3e-3" else "1e-12" for a in CPT_ARGS]  # a vanishing lr: the saved weights are the init
+    assert run("retrain", "cpt", "--model", files["model"], "--data", files["text"], "--output", out,
+               "--max-steps", 1, *args, "--random-init") == 0
+    before, after = load_file(files["model"] / "model.safetensors"), load_file(out / "model.safetensors")
+    key = next(k for k in before if k.endswith("mlp.down_proj.weight"))
+    assert not torch.equal(before[key], after[key])
+    assert abs(float(after[key].float().std()) - 0.02) < 0.003  # the config's initializer_range
+    assert json.loads((out / "retrain.json").read_text())["cpt"]["random_init"] is True

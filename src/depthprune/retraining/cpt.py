@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from depthprune.retraining.config import check_output, make_accelerator
 from depthprune.retraining.data import packed_text_dataset
 from depthprune.retraining.engine import CausalLMLoss
@@ -20,6 +22,15 @@ def cpt_seq_len(model, opts: CptOptions) -> int:
     return min(DEFAULT_CPT_SEQ_LEN, limit)
 
 
+def reinit(model, seed: int) -> None:
+    """Every weight drawn afresh by the model's own initialiser (same architecture, no pruned knowledge)."""
+    torch.manual_seed(seed)
+    for obj in [*model.modules(), *model.parameters()]:  # from_pretrained marks what it loaded as initialised
+        if getattr(obj, "_is_hf_initialized", False):
+            obj._is_hf_initialized = False
+    model.init_weights()
+
+
 def export_cpt(module: CausalLMLoss, tmp: Path, save_dtype: str) -> None:
     cast_for_save(module.lm, save_dtype).save_pretrained(tmp)
 
@@ -32,6 +43,8 @@ def run_cpt(opts: CptOptions, model=None, tokenizer=None, callbacks: list | None
     seq_len = cpt_seq_len(lm.model, opts)
     check_seq_len_fits(lm.model, seq_len, "--seq-len")
     dataset = packed_text_dataset(opts.data, lm.tokenizer, seq_len, opts.text_field)
+    if opts.random_init:
+        reinit(lm.model, opts.seed)
     for p in lm.model.parameters():
         p.requires_grad_(True)
     if opts.freeze_embeddings:
@@ -41,7 +54,7 @@ def run_cpt(opts: CptOptions, model=None, tokenizer=None, callbacks: list | None
         return CausalLMLoss(load_for_training(opts.model, opts.dtype, opts.cache_dir).model)
 
     fingerprint = {"method": "cpt", "data": opts.data, "seq_len": seq_len, "text_field": opts.text_field,
-                   "freeze_embeddings": opts.freeze_embeddings}
+                   "freeze_embeddings": opts.freeze_embeddings, "random_init": opts.random_init}
     info = {"method": "cpt", "cpt": opts.model_dump() | {"seq_len": seq_len}, "data": opts.data}
     return train_and_export(
         "cpt", acc, CausalLMLoss(lm.model), lm.tokenizer, dataset, opts, fingerprint, resume_from, opts.model,

@@ -132,6 +132,8 @@ class CptOptions(TrainOptions):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of --lr")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    random_init: bool = Field(False, description="train the same architecture from random weights (the paper's "
+                                                 "Figure 5 baseline: pruned initialisation vs random)")
 
 
 DEFAULT_CPT_SEQ_LEN = 1024

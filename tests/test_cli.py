@@ -1,6 +1,7 @@
 """The command line: happy paths on tiny models and one-line errors for bad input."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -120,3 +121,46 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("depthprune: error:")
     assert "Traceback" not in proc.stderr
+
+
+def test_impossible_target_fails_before_any_scoring(capsys, tmp_path, tiny_dirs, monkeypatch):
+    from depthprune.importance import base
+
+    def boom(*args, **kwargs):
+        raise AssertionError("scored before checking the target")
+
+    monkeypatch.setattr(base.CRITERIA["ppl"], "score", boom)
+    code, _, err = run_cli(capsys, "prune", "--model", str(tiny_dirs["llama"]), "--criterion", "ppl", "--num-blocks",
+                           "20", "--output", str(tmp_path / "o"), "--eval-windows", "0")
+    assert_user_error(code, err, "--num-blocks 20 exceeds the 6 removable blocks")
+    assert not (tmp_path / "o").exists()
+
+
+def test_criterion_contradicting_reused_scores_is_an_error(capsys, tmp_path, tiny_dirs):
+    scores = tmp_path / "s.json"
+    assert run_cli(capsys, "score", "--model", str(tiny_dirs["llama"]), "--criterion", "magnitude",
+                   "--output", str(scores))[0] == 0
+    code, _, err = run_cli(capsys, "prune", "--model", str(tiny_dirs["llama"]), "--scores", str(scores),
+                           "--criterion", "ppl", "--num-blocks", "1", "--output", str(tmp_path / "o"))
+    assert_user_error(code, err, "--criterion ppl contradicts --scores, which hold magnitude scores")
+
+
+def test_eval_ppl_prints_a_summary_line_and_records_the_dtype(capsys, tmp_path, tiny_dirs):
+    code, out, _ = run_cli(capsys, "eval", "ppl", "--model", str(tiny_dirs["llama"]), "--limit", "2",
+                           "--seq-len", "16", "--json", str(tmp_path / "p.json"))
+    assert code == 0 and re.search(r"^wikitext2: PPL [\d.]+ on 2 windows of 16 tokens \(BOS every, float32\)", out,
+                                   re.M)
+    assert json.loads((tmp_path / "p.json").read_text())["dtype"] == "float32"
+
+
+def test_retrain_takes_device_and_defaults_seq_len_to_the_model(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "r"
+    code, stdout, _ = run_cli(capsys, "retrain", "cpt", "--model", str(tiny_dirs["llama"]), "--data", "wiki_sample",
+                              "--batch-size", "2", "--micro-batch-size", "2", "--max-steps", "1", "--device", "cpu",
+                              "--no-progress", "--output", str(out))
+    assert code == 0  # the tiny model has max_position_embeddings 256: CPT's default 1024 would not fit
+    assert json.loads((out / "retrain.json").read_text())["cpt"]["seq_len"] == 256
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(capsys, "retrain", "cpt", "--model", str(tiny_dirs["llama"]), "--device", "cuda",
+                               "--max-steps", "1", "--output", str(tmp_path / "c"))
+        assert_user_error(code, err, "--device cuda was asked for but no CUDA device is available")

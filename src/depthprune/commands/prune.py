@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from depthprune.commands.common import add_model_args, load_from_args, positive_int
+from depthprune.commands.compensate import Compensation, add_compensate_args
 from depthprune.commands.prune_width import add_width_args, run_width
 from depthprune.commands.score import add_scoring_args, compute_scores
 
@@ -27,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--eval-windows", type=int, default=20,
                    help="WikiText-2 windows for the before/after perplexity printout (0: skip)")
     add_width_args(p)
+    add_compensate_args(p)
     p.set_defaults(func=run)
 
 
@@ -36,9 +38,11 @@ def run(args) -> int:
     from depthprune.importance import BlockScores, resolve_criterion
     from depthprune.pruning import Target, prune_blocks, resolve_protection
     from depthprune.pruning.module_surgery import remote_code_files
+    from depthprune.pruning.provenance import source_record
     from depthprune.pruning.save import check_output_dir, library_versions, save_checkpoint
     from depthprune.report.plots import plot_block_scores
 
+    comp = Compensation.from_args(args)
     if args.method == "width":
         return run_width(args)
     target = Target(args.num_blocks, args.ratio, args.target_params)
@@ -49,6 +53,8 @@ def run(args) -> int:
             raise DepthpruneError("--scores cannot be reused with --schedule iterative (it re-scores every round)")
         scores = BlockScores.load(args.scores)
         criterion = scores.criterion
+        if comp:
+            comp.check_scores(scores)
     else:
         crit, _ = resolve_criterion(args.criterion)
         criterion = args.criterion
@@ -60,6 +66,8 @@ def run(args) -> int:
     protect = resolve_protection(criterion, args.protect_first, args.protect_last)
 
     lm = load_from_args(args)
+    if comp:
+        comp.before_pruning(lm)
     before = None
     if args.eval_windows:
         before = evaluate_perplexity(lm.model, lm.tokenizer, "wikitext2", limit=args.eval_windows)
@@ -80,6 +88,9 @@ def run(args) -> int:
     print(f"Parameters: {sel.params_before:,} -> {sel.params_after:,} ({sel.ratio:.1%} removed), "
           f"blocks {info['num_blocks_before']} -> {info['num_blocks_after']}")
     info = info | {"source_model": lm.source, "seed": args.seed, "versions": library_versions()}
+    info |= source_record(lm.source, lm.model)
+    if comp:
+        info["compensation"] = comp.after_pruning(lm, info["removed_blocks"])
     if before is not None:
         after = evaluate_perplexity(lm.model, lm.tokenizer, "wikitext2", limit=args.eval_windows)
         info["wikitext2_ppl_preview"] = {"windows": args.eval_windows, "before": before.ppl, "after": after.ppl}

@@ -1,4 +1,4 @@
-"""``depthprune retrain lora|cpt``: retrain a pruned model (LoRA, continued pretraining, or CPT then LoRA).
+"""``depthprune retrain lora|cpt|kd``: retrain a pruned model (LoRA, continued pretraining, distillation).
 
 Runs as is on a CPU or one GPU; under ``accelerate launch`` (see configs/accelerate/) on many GPUs.
 """
@@ -58,7 +58,8 @@ def register(sub) -> None:
     from depthprune.retrain.cpt import CPT_TRAIN_DEFAULTS
     from depthprune.retrain.lora import LORA_TRAIN_DEFAULTS
 
-    p = sub.add_parser("retrain", help="retrain a pruned model: LoRA, continued pretraining (CPT), or CPT then LoRA")
+    p = sub.add_parser("retrain", help="retrain a pruned model: LoRA, continued pretraining (CPT), CPT then LoRA, or "
+                                             "logit distillation (KD)")
     rs = p.add_subparsers(dest="retrain_command", required=True)
 
     lo = rs.add_parser("lora", help="LoRA on every block projection, on Alpaca-format instructions")
@@ -86,6 +87,7 @@ def register(sub) -> None:
     cp.add_argument("--seq-len", type=int, default=1024,
                     help="tokens per packed sequence, BOS included (default %(default)s)")
     cp.set_defaults(func=run_cpt_cmd)
+    register_kd(rs)
 
 
 def train_config(args):
@@ -118,4 +120,53 @@ def run_cpt_cmd(args) -> int:
 
     opts = CptOptions(data=args.data, seq_len=args.seq_len, text_field=args.text_field, save_dtype=args.save_dtype)
     run_cpt(args.model, train_config(args), opts, dtype=args.dtype, cache_dir=args.cache_dir)
+    return 0
+
+
+def register_kd(rs) -> None:
+    from depthprune.retrain.kd import KD_TRAIN_DEFAULTS
+
+    kd = rs.add_parser("kd", help="logit distillation from the unpruned teacher on raw text (all parameters, "
+                                  "or LoRA with --lora)")
+    _train_args(kd, KD_TRAIN_DEFAULTS)
+    kd.add_argument("--data", default="c4_sample",
+                    help="c4_sample, wiki_sample, wikitext2, war_and_peace, a .txt/.jsonl file, or a hub dataset id")
+    kd.add_argument("--text-field", default="text", help="text field of .jsonl/.json records and hub datasets")
+    kd.add_argument("--seq-len", type=int, default=1024,
+                    help="tokens per packed sequence, BOS included (default %(default)s)")
+    t = kd.add_argument_group("distillation")
+    t.add_argument("--teacher", default=None,
+                   help="teacher model (same tokenizer); default: the model --model was pruned from (its "
+                        "pruning.json)")
+    t.add_argument("--teacher-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="teacher weights dtype (auto: the same as --dtype)")
+    t.add_argument("--teacher-device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the teacher runs (auto: the training device)")
+    t.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature T of both models; the KL is scaled by T^2 (default %(default)s)")
+    t.add_argument("--ce-weight", type=float, default=0.0,
+                   help="loss = (1 - w) * T^2 * KL(teacher || student) + w * next-token CE; 0: KL alone "
+                        "(default %(default)s)")
+    lo = kd.add_argument_group("LoRA (with --lora)")
+    lo.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every parameter")
+    lo.add_argument("--rank", type=int, default=8, help="LoRA rank (default %(default)s)")
+    lo.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default %(default)s)")
+    lo.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default %(default)s)")
+    lo.add_argument("--target-modules", default=None,
+                    help="comma-separated module names (default: every projection of the blocks)")
+    lo.add_argument("--merge", action="store_true",
+                    help="write a plain merged checkpoint (loads with transformers); the adapter goes to adapter/")
+    kd.set_defaults(func=run_kd_cmd)
+
+
+def run_kd_cmd(args) -> int:
+    from depthprune.retrain.kd import KdOptions, run_kd
+
+    targets = args.target_modules.split(",") if args.target_modules is not None else None
+    opts = KdOptions(data=args.data, seq_len=args.seq_len, text_field=args.text_field, teacher=args.teacher,
+                     teacher_dtype=args.teacher_dtype, teacher_device=args.teacher_device,
+                     temperature=args.temperature, ce_weight=args.ce_weight, lora=args.lora, rank=args.rank,
+                     alpha=args.alpha, dropout=args.lora_dropout, target_modules=targets, merge=args.merge,
+                     save_dtype=args.save_dtype)
+    run_kd(args.model, train_config(args), opts, dtype=args.dtype, cache_dir=args.cache_dir)
     return 0

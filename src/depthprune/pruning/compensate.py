@@ -218,12 +218,14 @@ def _predict(y: torch.Tensor, m: torch.Tensor, mode: str, sol: torch.Tensor) -> 
 
 @torch.no_grad()
 def compensate_removed(model, snapshot: BlockSnapshot, removed: list[int], input_ids: torch.Tensor,
-                       ridge: float = DEFAULT_RIDGE, batch_size: int = 16, progress: bool = True) -> dict:
+                       ridge: float = DEFAULT_RIDGE, batch_size: int = 16, progress: bool = True,
+                       skip_first: int = 0) -> dict:
     """Fit and fuse compensation for the ``removed`` blocks (original numbering) of a pruned ``model``.
 
     ``snapshot`` (taken before pruning) gives back the removed blocks for the duration of the fit; the model
     leaves pruned, with the kept blocks before each span changed in place. Returns what ``pruning.json``
-    records under ``compensation``.
+    records under ``compensation``. ``skip_first``: positions at the start of every sequence left out of the
+    fit (1 = the BOS position, whose hidden state can be an order of magnitude larger than the others').
     """
     if ridge < 0 or ridge != ridge:
         raise DepthpruneError(f"--compensate-ridge must be >= 0, got {ridge}")
@@ -231,10 +233,12 @@ def compensate_removed(model, snapshot: BlockSnapshot, removed: list[int], input
     if not removed:
         raise DepthpruneError("--compensate linear: no block was removed, so there is nothing to compensate")
     writer = writer_for(model)
-    n = len(snapshot.blocks)
     spans = block_spans(removed)
     todo = [(a, b) for a, b in spans if a > 0]
+    if skip_first < 0 or skip_first >= input_ids.shape[1]:
+        raise DepthpruneError(f"skip_first must be in [0, {input_ids.shape[1]}), got {skip_first}")
     info = {"method": "linear", "mode": writer.mode, "writer": writer.path, "ridge": ridge,
+            "skip_first_positions": skip_first,
             "ridge_meaning": "lam = ridge x mean diagonal of M^T M, shrinking the map towards the identity",
             "fit_dtype": "float64", "spans": [],
             "skipped": [{"removed": list(range(a, b + 1)),
@@ -249,7 +253,8 @@ def compensate_removed(model, snapshot: BlockSnapshot, removed: list[int], input
     blocks = get_blocks(model)
     backups: dict[int, dict] = {}
     try:
-        _fit_all(model, blocks, writer, todo, set(removed), n, input_ids, ridge, batch_size, progress, info, backups)
+        _fit_all(model, blocks, writer, todo, set(removed), input_ids, ridge, batch_size, progress, info, backups,
+                 skip_first)
     except BaseException:
         for i, state in backups.items():
             blocks[i].get_submodule(writer.path).load_state_dict(state)
@@ -259,7 +264,8 @@ def compensate_removed(model, snapshot: BlockSnapshot, removed: list[int], input
     return info
 
 
-def _fit_all(model, blocks, writer, todo, removed, n, input_ids, ridge, batch_size, progress, info, backups):
+def _fit_all(model, blocks, writer, todo, removed, input_ids, ridge, batch_size, progress, info, backups,
+             skip_first):
     device = input_device(model)
     d = model.config.hidden_size
     first = todo[0][0] - 1
@@ -292,17 +298,17 @@ def _fit_all(model, blocks, writer, todo, removed, n, input_ids, ridge, batch_si
             out, m = _writer_out(blocks[i], writer, h, model, batch["trace"], i)
             y = out - m
             target = batch["targets"][k]
-            md = m.reshape(-1, d).double()
-            rd = (target - y).reshape(-1, d).double()
+            md = m[:, skip_first:].reshape(-1, d).double()
+            rd = (target - y)[:, skip_first:].reshape(-1, d).double()
             if writer.mode == "full":
                 stats["a"] += md.t() @ md
                 stats["b"] += md.t() @ rd
             else:
                 stats["a"] += (md * md).sum(dim=0)
                 stats["b"] += (md * rd).sum(dim=0)
-            stats["before"] += float(((out - target).double() ** 2).sum())
-            stats["target_ms"] += float((target.double() ** 2).sum())
-            stats["elements"] += target.numel()
+            stats["before"] += float(((out - target)[:, skip_first:].double() ** 2).sum())
+            stats["target_ms"] += float((target[:, skip_first:].double() ** 2).sum())
+            stats["elements"] += target[:, skip_first:].numel()
             stats["tokens"] += md.shape[0]
             if bi == 0:
                 check = (y, m)
@@ -314,7 +320,7 @@ def _fit_all(model, blocks, writer, todo, removed, n, input_ids, ridge, batch_si
         after = 0.0
         for bi, batch in enumerate(batches):
             out = run_block(model, batch["trace"], i, batch["h"])
-            after += float(((out - batch["targets"][k]).double() ** 2).sum())
+            after += float(((out - batch["targets"][k])[:, skip_first:].double() ** 2).sum())
             if bi == 0:
                 pred = _predict(*check, writer.mode, sol)
                 rel = float((out.double() - pred).norm() / pred.norm().clamp_min(1e-30))

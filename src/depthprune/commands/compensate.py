@@ -26,8 +26,7 @@ class Compensation:
 
     def __init__(self, args):
         self.args = args
-        self.snapshot = None
-        self.calib = None
+        self.run = None
         if args.compensate_ridge != args.compensate_ridge or args.compensate_ridge < 0:
             raise DepthpruneError(f"--compensate-ridge must be >= 0, got {args.compensate_ridge}")
         if args.compensate_samples is not None and args.compensate_samples < 1:
@@ -48,25 +47,16 @@ class Compensation:
 
     def before_pruning(self, lm) -> None:
         """Refuse an unsupported family, draw the calibration set and remember the blocks (model still whole)."""
-        from depthprune.data import CalibrationSpec, build_calibration
-        from depthprune.pruning.compensate import check_compensable, snapshot_blocks
+        from depthprune.data import CalibrationSpec
+        from depthprune.pruning.compensate import CompensationRun
 
         a = self.args
-        check_compensable(lm.model, a.unit)
-        samples = a.compensate_samples or a.calib_samples
-        self.calib = build_calibration(lm.tokenizer, CalibrationSpec(a.calib, samples, a.calib_seq_len, a.seed,
-                                                                     a.text_field), model=lm.model)
-        self.snapshot = snapshot_blocks(lm.model)
+        spec = CalibrationSpec(a.calib, a.compensate_samples or a.calib_samples, a.calib_seq_len, a.seed,
+                               a.text_field)
+        self.run = CompensationRun(lm, spec, a.compensate_ridge, a.score_batch_size, a.unit)
 
     def after_pruning(self, lm, removed: list[int]) -> dict:
-        import time
-
-        from depthprune.pruning.compensate import compensate_removed
-
-        t0 = time.perf_counter()
-        info = compensate_removed(lm.model, self.snapshot, removed, self.calib.input_ids,
-                                  ridge=self.args.compensate_ridge, batch_size=self.args.score_batch_size)
-        info |= {"calibration": self.calib.to_json(), "wall_s": round(time.perf_counter() - t0, 3)}
+        info = self.run.apply(lm.model, removed)
         for span in info["spans"]:
             print(f"Compensated blocks {span['removed']} in block {span['fused_into']} ({info['mode']} map into "
                   f"{info['writer']}): residual MSE {span['mse_before']:.4g} -> {span['mse_after']:.4g} on "

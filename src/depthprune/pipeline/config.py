@@ -152,6 +152,11 @@ class PruneSpec(_Strict):
     round_to: int = Field(8, ge=1, description="width only: keep widths multiples of this")
     target: TargetSpec | None = None
     targets: list[TargetSpec] | None = None
+    compensate: Literal["none", "linear"] = Field("none", description="linear: fit and fuse a map into the kept "
+                                                  "block before each removed span (depth, unit block)")
+    compensate_ridge: float | None = Field(None, ge=0, description="default 1e-4 (pruning.compensate.DEFAULT_RIDGE)")
+    compensate_samples: int | None = Field(None, ge=1, description="calibration samples of the fit (default: "
+                                                                   "calibration.samples)")
 
     @field_validator("criterion")
     @classmethod
@@ -225,6 +230,7 @@ class PruneSpec(_Strict):
                 problems.append((("targets", i), f"duplicate target {t.label!r} (same as targets.{seen[t.label]}); "
                                                  "give it a distinct name"))
             seen.setdefault(t.label, i)
+        problems += _compensation_problems(self)
         if problems:
             raise FieldProblems(problems)
         if self.target is not None:
@@ -239,14 +245,29 @@ class PruneSpec(_Strict):
         return self
 
 
+def _compensation_problems(p: PruneSpec) -> list[tuple[tuple, str]]:
+    if p.compensate == "none":
+        return [((key,), "applies with compensate: linear only") for key in ("compensate_ridge", "compensate_samples")
+                if getattr(p, key) is not None]
+    if p.method != "depth":
+        return [(("compensate",), "applies to depth pruning only (method: depth)")]
+    if p.unit != "block":
+        return [(("compensate",), "fits a map for removed whole blocks: needs unit block")]
+    if p.compensate_ridge is None:
+        p.compensate_ridge = 1e-4
+    return []
+
+
 _LORA_ONLY = ("rank", "alpha", "dropout", "target_modules", "train_on_inputs", "merge")
 _CPT_ONLY = ("text_field",)
+_KD_ONLY = ("teacher", "teacher_dtype", "temperature", "ce_weight", "lora")
+_KD_LORA = ("rank", "alpha", "dropout", "target_modules", "merge")
 
 
 class RetrainStep(_Strict):
     """One retraining step; steps run in order, each on the previous one's output (CPT then LoRA)."""
 
-    kind: Literal["lora", "cpt"]
+    kind: Literal["lora", "cpt", "kd"]
     data: str | None = Field(None, description="lora: alpaca_demo or an Alpaca .json/.jsonl; cpt: c4_sample, ...")
     seq_len: int | None = Field(None, ge=2, description="lora: tokens per example (max_len); cpt: per sequence")
     lr: float | None = Field(None, gt=0)
@@ -276,6 +297,11 @@ class RetrainStep(_Strict):
     train_on_inputs: bool | None = None
     merge: bool | None = Field(None, description="must stay true: later stages load the merged checkpoint")
     text_field: str | None = None
+    teacher: str | None = Field(None, description="kd: default the model the input was pruned from")
+    teacher_dtype: Dtype | None = None
+    temperature: float | None = Field(None, gt=0)
+    ce_weight: float | None = Field(None, ge=0, le=1)
+    lora: bool | None = Field(None, description="kd: train LoRA adapters (merged) instead of every parameter")
 
     @field_validator("betas")
     @classmethod
@@ -284,17 +310,23 @@ class RetrainStep(_Strict):
             raise ValueError("must be two numbers in [0, 1)")
         return v
 
-    @field_validator("data")
+    @field_validator("data", "teacher")
     @classmethod
     def _paths(cls, v: str | None, info: ValidationInfo) -> str | None:
         return _local_path(v, info)
 
-    @field_validator(*_LORA_ONLY, *_CPT_ONLY)
+    @field_validator(*_LORA_ONLY, *_CPT_ONLY, *_KD_ONLY)
     @classmethod
     def _kind_only(cls, v, info: ValidationInfo):
-        kind = info.data.get("kind")
-        if v is not None and kind is not None and info.field_name in (_CPT_ONLY if kind == "lora" else _LORA_ONLY):
-            raise ValueError(f"applies to kind {'cpt' if kind == 'lora' else 'lora'} only")
+        kind, name = info.data.get("kind"), info.field_name
+        if v is None or kind is None:
+            return v
+        if name in _KD_ONLY and kind != "kd":
+            raise ValueError("applies to kind kd only")
+        if name in _LORA_ONLY and kind != "lora" and not (kind == "kd" and name in _KD_LORA):
+            raise ValueError("applies to kind lora only" + (" (or kd with lora: true)" if name in _KD_LORA else ""))
+        if name in _CPT_ONLY and kind == "lora":
+            raise ValueError("applies to kind cpt only (or kd)")
         return v
 
     @model_validator(mode="after")
@@ -310,6 +342,8 @@ class RetrainStep(_Strict):
             problems.append((("micro_batch_size",), f"must be <= batch_size ({self.batch_size})"))
         if self.target_modules is not None and not [t for t in self.target_modules if t.strip()]:
             problems.append((("target_modules",), "is empty; give names such as [q_proj, v_proj] or drop it"))
+        if self.kind == "kd" and not self.lora:
+            problems += [((key,), "applies with lora: true only") for key in _KD_LORA if getattr(self, key) is not None]
         if problems:
             raise FieldProblems(problems)
         d = LORA_TRAIN_DEFAULTS if self.kind == "lora" else CPT_TRAIN_DEFAULTS
@@ -329,6 +363,13 @@ class RetrainStep(_Strict):
         if self.kind == "lora":
             for key, value in (("data", "alpaca_demo"), ("seq_len", 256), ("rank", 8), ("alpha", 16.0),
                                ("dropout", 0.05), ("train_on_inputs", False), ("merge", True)):
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+        elif self.kind == "kd":
+            kd = (("data", "c4_sample"), ("seq_len", 1024), ("text_field", "text"), ("teacher_dtype", "auto"),
+                  ("temperature", 1.0), ("ce_weight", 0.0), ("lora", False))
+            lora = (("rank", 8), ("alpha", 16.0), ("dropout", 0.05), ("merge", True)) if self.lora else ()
+            for key, value in kd + lora:
                 if getattr(self, key) is None:
                     setattr(self, key, value)
         else:
@@ -449,6 +490,9 @@ class ExperimentConfig(_Strict):
         prune = self.prune.model_dump(mode="json", exclude={"target"}) if self.prune else None
         if prune and prune["method"] == "depth":
             prune.pop("round_to")
+        if prune and prune["compensate"] == "none":
+            for key in ("compensate", "compensate_ridge", "compensate_samples"):
+                prune.pop(key)
         if prune:
             prune["targets"] = [{k: v for k, v in t.items() if v is not None} for t in prune["targets"]]
         return {"calibration": self.calibration.model_dump(mode="json"), "prune": prune,

@@ -120,6 +120,7 @@ def run_score(c: ExperimentConfig, out: Path, ctx: StageContext, stage: Stage) -
 
 def run_prune(c: ExperimentConfig, t: TargetSpec, scores_path: Path | None, out: Path, extra: dict) -> None:
     from depthprune.pruning import Target, prune_blocks, save_checkpoint
+    from depthprune.pruning.provenance import source_record
     from depthprune.pruning.save import library_versions
 
     p = c.prune
@@ -127,6 +128,7 @@ def run_prune(c: ExperimentConfig, t: TargetSpec, scores_path: Path | None, out:
     protect = (p.protect_first, p.protect_last)
     lm = load(c.model)
     files: dict[str, str] = {}
+    comp = _compensation(c, lm) if p.compensate == "linear" else None
     if p.method == "width":
         from depthprune.pruning.width import plan_width, prune_width, score_width
 
@@ -150,6 +152,11 @@ def run_prune(c: ExperimentConfig, t: TargetSpec, scores_path: Path | None, out:
         log(f"  removed {result.info['unit']}s {result.selection.removed} ({p.criterion}, {p.schedule})")
     info = result.info | {"source_model": c.model.source, "seed": c.calibration.seed,
                           "versions": library_versions(), "experiment": extra}
+    info |= source_record(c.model.source, lm.model)
+    if comp is not None:
+        info["compensation"] = comp.apply(lm.model, result.info["removed_blocks"])
+        log(f"  compensated spans {[s['removed'] for s in info['compensation']['spans']]} (linear, "
+            f"{info['compensation']['mode']})")
     log(f"  parameters {info['params_before']:,} -> {info['params_after']:,} ({info['ratio_removed']:.1%} removed)")
     saved = save_checkpoint(lm.model, lm.tokenizer, out, info, overwrite=True, extra_files=files)
     if p.method == "depth":
@@ -157,6 +164,16 @@ def run_prune(c: ExperimentConfig, t: TargetSpec, scores_path: Path | None, out:
 
         sel = result.selection
         plot_block_scores(result.scores, saved / "scores.png", removed=sel.removed, protected=sel.protected)
+
+
+def _compensation(c: ExperimentConfig, lm):
+    """Checks, calibration and a snapshot of the blocks for ``compensate: linear`` (before pruning)."""
+    from depthprune.data import CalibrationSpec
+    from depthprune.pruning.compensate import CompensationRun
+
+    cc, p = c.calibration, c.prune
+    spec = CalibrationSpec(cc.source, p.compensate_samples or cc.samples, cc.seq_len, cc.seed, cc.text_field)
+    return CompensationRun(lm, spec, p.compensate_ridge, cc.batch_size, p.unit)
 
 
 def train_config(step, output: Path, resume: bool, device: str):
@@ -188,6 +205,15 @@ def run_retrain(c: ExperimentConfig, step, src: Path, out: Path, ctx: StageConte
                            target_modules=step.target_modules, max_len=step.seq_len,
                            train_on_inputs=step.train_on_inputs, merge=True, save_dtype=step.save_dtype)
         run_lora(str(src), cfg, opts, dtype=dtype, cache_dir=c.model.cache_dir)
+    elif step.kind == "kd":
+        from depthprune.retrain.kd import KdOptions, run_kd
+
+        lora = dict(rank=step.rank, alpha=step.alpha, dropout=step.dropout, target_modules=step.target_modules,
+                    merge=True) if step.lora else {}
+        opts = KdOptions(data=step.data, seq_len=step.seq_len, text_field=step.text_field, teacher=step.teacher,
+                         teacher_dtype=step.teacher_dtype, temperature=step.temperature, ce_weight=step.ce_weight,
+                         lora=step.lora, save_dtype=step.save_dtype, **lora)
+        run_kd(str(src), cfg, opts, dtype=dtype, cache_dir=c.model.cache_dir)
     else:
         from depthprune.retrain.cpt import CptOptions, run_cpt
 
@@ -312,6 +338,9 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
                "protect": [p.protect_first, p.protect_last], "target": t.as_dict()}
         if p.method == "width":
             cfg["round_to"] = p.round_to
+        if p.compensate != "none":
+            cfg["compensate"] = {"mode": p.compensate, "ridge": p.compensate_ridge, "samples": p.compensate_samples,
+                                 "calibration": c.calibration.model_dump(mode="json")}
         if score_id is None:
             cfg["calibration"] = calib
         pruned = tdir / "pruned"

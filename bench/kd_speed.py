@@ -16,14 +16,13 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS  # noqa: E402
-
-from depthprune.cli import main as cli  # noqa: E402
 
 METHODS = {"cpt": ["retrain", "cpt"], "kd": ["retrain", "kd"], "kd-lora": ["retrain", "kd", "--lora"]}
 
@@ -51,7 +50,8 @@ def main() -> None:
                     "1", "--mixed-precision", prec, "--save-every", "0", "--log-every", "1", "--no-progress",
                     "--cpu", "--output", str(out), "--overwrite"]
             t0 = time.perf_counter()
-            rc = cli(argv)
+            # one process per run: Accelerate's mixed-precision setting is fixed once per process
+            rc = subprocess.run([sys.executable, "-m", "depthprune.cli", *argv]).returncode
             wall = time.perf_counter() - t0
             if rc != 0:
                 rows.append({"method": method, "precision": prec, "error": f"exit {rc}"})

@@ -193,6 +193,8 @@ def test_non_additive_layout_is_refused_and_weights_restored():
     assert torch.equal(blocks[1].mlp.down_proj.weight, w) and len(get_blocks(model)) == 3
     with pytest.raises(DepthpruneError, match="no block was removed"):
         compensate_removed(model, snap, [], _calibration_ids(6, 32))
+    with pytest.raises(DepthpruneError, match="not its snapshot's minus blocks"):  # block 2 was removed, not 3
+        compensate_removed(model, snap, [3], _calibration_ids(6, 32))
 
 
 @pytest.mark.parametrize("case", ["module", "width", "ridge", "post_norm_opt", "samples"])

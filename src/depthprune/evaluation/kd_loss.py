@@ -106,11 +106,12 @@ class _VocabSlicedKD(torch.autograd.Function):
         for v0 in range(0, ws.shape[0], step):
             zs = _slice_logits(h, ws, bs, v0, step, cap_s, dts)
             width = zs.shape[1]
-            g = torch.zeros_like(zs)
+            g = 0.0
             if kd_scale:
                 zt = _slice_logits(t, wt, bt, v0, step, cap_t, dtt)
-                q = torch.exp(zs / tau - lse_s[:, None])
-                p = torch.exp(zt / tau - lse_t[:, None])
+                a_s, a_t = (zs, zt) if tau == 1.0 else (zs / tau, zt / tau)
+                q = torch.exp(a_s - lse_s[:, None])
+                p = torch.exp(a_t - lse_t[:, None])
                 g = (q - p) * kd_scale
             if w > 0:
                 q1 = torch.exp(zs - lse_1[:, None])

@@ -233,6 +233,10 @@ def compensate_removed(model, snapshot: BlockSnapshot, removed: list[int], input
     if not removed:
         raise DepthpruneError("--compensate linear: no block was removed, so there is nothing to compensate")
     writer = writer_for(model)
+    expected = [blk for i, blk in enumerate(snapshot.blocks) if i not in set(removed)]
+    if len(get_blocks(model)) != len(expected) or any(x is not y for x, y in zip(get_blocks(model), expected)):
+        raise DepthpruneError(f"compensation: the model's blocks are not its snapshot's minus blocks {removed}; "
+                              "take the snapshot before pruning and pass the removed blocks in original numbering")
     spans = block_spans(removed)
     todo = [(a, b) for a, b in spans if a > 0]
     if skip_first < 0 or skip_first >= input_ids.shape[1]:

@@ -79,7 +79,9 @@ def main() -> None:
                  if cpt and "error" not in cpt else "—")
         lines.append(f"| {r['method']} | {r['precision']} | {r['tokens_per_s_median']:.1f} | {ratio} | "
                      f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} |")
-    lines += ["", f"Reproduce: `python bench/kd_speed.py --model {a.model} --steps {a.steps}`"]
+    lines += ["", "On a shared CPU each run sees a different load; bench/kd_step_cost.py compares the steps "
+                  "interleaved in one process, in CPU time.",
+              "", f"Reproduce: `python bench/kd_speed.py --model {a.model} --steps {a.steps}`"]
     text = "\n".join(lines) + "\n"
     print(text)
     if not a.no_docs:

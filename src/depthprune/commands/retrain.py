@@ -1,4 +1,5 @@
-"""``depthprune retrain lora|cpt``: retrain a pruned model (LoRA, continued pretraining, or CPT then LoRA).
+"""``depthprune retrain lora|cpt|kd``: retrain a pruned model (LoRA, continued pretraining, CPT then LoRA, or
+distillation from the unpruned model).
 
 Runs as is on a CPU or one GPU; under ``accelerate launch`` (see configs/accelerate/) on many GPUs.
 """
@@ -12,7 +13,8 @@ from depthprune.errors import DepthpruneError
 from depthprune.retraining.run import KINDS
 
 HELP = {"lora": "LoRA on every block projection, on Alpaca-format instructions",
-        "cpt": "continued pretraining of all parameters on raw text"}
+        "cpt": "continued pretraining of all parameters on raw text",
+        "kd": "logit distillation from the unpruned teacher on raw text (all weights, or --lora)"}
 
 
 def register(sub) -> None:

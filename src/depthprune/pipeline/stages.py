@@ -135,7 +135,8 @@ def run_retrain(c: ExperimentConfig, step, src: Path, out: Path, ctx: StageConte
     dtype = "float32" if c.model.dtype == "auto" else c.model.dtype
     run_fields = {"model": str(src), "output": str(out), "resume": resume, "overwrite": not resume,
                   "dtype": dtype, "cache_dir": c.model.cache_dir, "device": device}
-    opts = RETRAIN_KINDS[step.kind][0].model_validate(step.model_dump(exclude={"kind"}) | run_fields)
+    given = step.model_dump(exclude={"kind"}, exclude_unset=True)  # the kind's defaults stay its own
+    opts = RETRAIN_KINDS[step.kind][0].model_validate(given | run_fields)
     RETRAIN_KINDS[step.kind][1](opts)
 
 
@@ -232,6 +233,9 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
                "protect": [p.protect_first, p.protect_last], "target": t.as_dict()}
         if p.method == "width":
             cfg["round_to"] = p.round_to
+        if p.compensate != "none":  # only then: older runs keep their hashes
+            cfg["compensate"] = {"mode": p.compensate, "ridge": p.compensate_ridge, "samples": p.compensate_samples,
+                                 "calibration": c.calibration.model_dump(mode="json")}
         if score_id is None:
             cfg["calibration"] = calib
         pruned = tdir / "pruned"

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from depthprune.core.options import FieldProblems, Options
 from depthprune.errors import DepthpruneError
 from depthprune.importance.base import criterion_names, resolve_criterion
+from depthprune.pruning.compensate import DEFAULT_RIDGE
 from depthprune.pruning.selection import Target
 
 DEFAULT_CRITERION = {"depth": "ppl", "width": "wanda-sp"}
@@ -35,8 +36,12 @@ class PruneOptions(Options):
     compensate: Literal["none", "linear"] = Field(
         "none", description="linear: after removal, fit a linear map of each removed span on calibration "
                             "activations and fuse it into the block before the cut (training-free)")
-    compensate_ridge: float = Field(0.0, ge=0, description="ridge regularisation of the compensation fit, "
-                                                           "relative to the mean diagonal of the normal matrix")
+    compensate_ridge: float = Field(DEFAULT_RIDGE, ge=0, description="ridge of the compensation fit, towards the "
+                                                                     "identity, relative to the mean diagonal of "
+                                                                     "M^T M")
+    compensate_samples: int | None = Field(None, ge=1, description="calibration samples for the compensation fit, "
+                                                                   "drawn like the scoring ones (default: "
+                                                                   "--calib-samples)")
 
     @field_validator("criterion")
     @classmethod

@@ -17,8 +17,10 @@ from depthprune.importance.width import score_width
 from depthprune.models.loading import ensure_loaded, model_source
 from depthprune.models.params import candidate_params, count_params
 from depthprune.models.specs import num_blocks
+from depthprune.pruning.compensate import CompensationRun
 from depthprune.pruning.iterative import iterative_prune
 from depthprune.pruning.options import PruneOptions, TargetOptions
+from depthprune.pruning.provenance import source_record
 from depthprune.pruning.prune import PruneResult, check_scores_match, prune_blocks
 from depthprune.pruning.selection import Target, select_blocks
 from depthprune.pruning.width import plan_width, prune_width
@@ -100,6 +102,11 @@ def prune(model, tokenizer=None, *, scores: BlockScores | str | None = None, cal
         say(f"Calibration: {calib.spec.source}, {calib.spec.samples} x {calib.spec.seq_len} tokens, "
             f"seed {calib.spec.seed}")
     batch = calib.spec.batch_size if calib is not None else build(CalibrationSpec, c_fields).batch_size
+    compensation = None
+    if opts.compensate == "linear":
+        fit = calib if opts.compensate_samples is None else calibration_for(
+            tokenizer, model, calib.spec.model_copy(update={"samples": opts.compensate_samples}))
+        compensation = CompensationRun(model, fit, opts.compensate_ridge, batch, opts.unit, progress=progress)
     if opts.method == "width":
         result = _prune_width(model, opts, target, calib, batch, progress, say)
     elif opts.schedule == "iterative":
@@ -114,6 +121,14 @@ def prune(model, tokenizer=None, *, scores: BlockScores | str | None = None, cal
             check_scores_match(scores, model)
         result = prune_blocks(model, scores, target, opts.protect)
     info = result.info
+    if compensation is not None:
+        info["compensation"] = compensation.apply(model, info["removed_blocks"])
+        for span in info["compensation"]["spans"]:
+            say(f"Compensated blocks {span['removed']} in block {span['fused_into']} ({info['compensation']['mode']}"
+                f" map into {info['compensation']['writer']}): residual MSE {span['mse_before']:.4g} -> "
+                f"{span['mse_after']:.4g}")
+        for skip in info["compensation"]["skipped"]:
+            say(f"Not compensated: blocks {skip['removed']} ({skip['reason']})")
     if opts.method == "depth":
         say(f"Removed {info['unit']}s {result.selection.removed} (criterion {opts.criterion}, {opts.schedule}, "
             f"protected blocks {result.selection.protected or 'none'})")
@@ -123,7 +138,8 @@ def prune(model, tokenizer=None, *, scores: BlockScores | str | None = None, cal
         asked = target.ratio if target.ratio is not None else 1 - target.target_params / info["params_before"]
         say(f"Target {asked:.1%} of the parameters; removed {info['ratio_removed']:.1%} (the smallest number of "
             f"whole {'units' if opts.method == 'width' else 'blocks'} that reaches it)")
-    result.info = info | {"source_model": source, "seed": calib.spec.seed if calib else None,
+    result.info = info | source_record(source, model) | {"source_model": source,
+                                                         "seed": calib.spec.seed if calib else None,
                           "calibration": calib.to_json() if calib else None,
                           "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                           "versions": library_versions()}

@@ -137,3 +137,34 @@ class CptOptions(TrainOptions):
 
 
 DEFAULT_CPT_SEQ_LEN = 1024
+
+
+class KdOptions(CptOptions):
+    """Logit distillation from the unpruned teacher (forward KL at temperature T), on CPT's packed raw text;
+    full weights by default, or LoRA adapters with ``lora``."""
+
+    teacher: str | None = Field(None, description="the teacher (default: the model the student was pruned from, "
+                                                  "read from its pruning.json); same tokenizer as the student")
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="teacher weights dtype (auto: the student's training dtype)")
+    teacher_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the teacher runs (auto: the training device)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T of both models (KL scaled by T^2)")
+    ce_weight: float = Field(0.0, ge=0, le=1, description="loss = (1 - w) * T^2 * KL + w * next-token CE "
+                                                          "(0: KL alone, Minitron's best)")
+    lora: bool = Field(False, description="train LoRA adapters instead of all weights")
+    rank: int = Field(8, ge=1, description="LoRA rank (with --lora)")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (with --lora)")
+    dropout: float = Field(0.05, ge=0, lt=1, json_schema_extra={"cli": "--lora-dropout"},
+                           description="LoRA dropout (with --lora)")
+    target_modules: list[str] | None = Field(None, description="LoRA target modules (default: every projection)")
+    merge: bool = Field(False, description="with --lora: write a plain merged checkpoint (adapter in adapter/)")
+
+    @model_validator(mode="after")
+    def _lora_only(self) -> KdOptions:
+        if not self.lora:
+            given = [f for f in ("rank", "alpha", "dropout", "target_modules", "merge") if f in self.model_fields_set
+                     and (f != "merge" or self.merge)]
+            if given:
+                raise FieldProblems([((f,), "applies with lora: true (--lora) only") for f in given])
+        return self

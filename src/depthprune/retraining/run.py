@@ -10,10 +10,11 @@ from depthprune.core.io import remove_tree
 from depthprune.core.options import build
 from depthprune.errors import DepthpruneError
 from depthprune.retraining.cpt import run_cpt
+from depthprune.retraining.kd import run_kd
 from depthprune.retraining.lora import run_lora
-from depthprune.retraining.options import CptOptions, LoraOptions
+from depthprune.retraining.options import CptOptions, KdOptions, LoraOptions
 
-KINDS = {"lora": (LoraOptions, run_lora), "cpt": (CptOptions, run_cpt)}
+KINDS = {"lora": (LoraOptions, run_lora), "cpt": (CptOptions, run_cpt), "kd": (KdOptions, run_kd)}
 
 
 @dataclass
@@ -29,7 +30,8 @@ class RetrainResult:
 
 def retrain(model=None, tokenizer=None, *, kind: str = "lora", output: str | None = None, callbacks=None,
             **options) -> RetrainResult:
-    """Retrain ``model`` (a loaded model, trained in place, or a source to load) with ``kind`` ('lora', 'cpt').
+    """Retrain ``model`` (a loaded model, trained in place, or a source to load) with ``kind`` ('lora', 'cpt',
+    'kd': distillation from the unpruned teacher).
 
     Options are those of ``LoraOptions`` / ``CptOptions`` (``data``, ``max_steps``, ``max_tokens``, ``lr``,
     ``batch_size``, ...). With ``output`` the run directory gets the final model, ``retrain.json``, the training
@@ -43,7 +45,7 @@ def retrain(model=None, tokenizer=None, *, kind: str = "lora", output: str | Non
     source = None if live else (str(model) if model is not None else None)
     tmp = None if output else tempfile.mkdtemp(prefix="depthprune-retrain-")
     fields = dict(options) | {"model": source, "output": output or str(Path(tmp) / "run")}
-    if kind == "lora" and not output:
+    if (kind == "lora" or (kind == "kd" and options.get("lora"))) and not output:
         fields["merge"] = True
     opts = build(model_cls, fields)
     trained = {}

@@ -1,0 +1,520 @@
+"""An lm-eval model for multiple-choice loglikelihoods: exact, context-sharing, and memory-bounded.
+
+:class:`FastHFLM` is lm-eval's own ``HFLM`` (tokenisation through ``_encode_pair``, BOS handling,
+left-truncation to ``max_length``, the cache hook, the evaluator are all lm-eval's) with only
+``_loglikelihood_tokens`` (and the ``auto`` batch-size probe) replaced. The numbers are the same as ``HFLM``'s
+(float32: within ~1e-5 per request; the tests hold them to 1e-4), computed differently:
+
+**Context sharing by packing.** Requests are grouped by the tokens of their context as it enters the model
+(after lm-eval's left truncation). A group's context is put in one row once, followed by every choice's
+continuation tokens (without its last token, as lm-eval does). Each continuation gets the positions it would
+have without packing (restarting right after the context) and a 4D attention mask that lets it see the
+context and itself only: key ``k`` is visible from query ``q`` when ``k`` is in the context or in ``q``'s own
+continuation, and ``pos[k] <= pos[q]`` (plus ``pos[q] - pos[k] < sliding_window`` on sliding-window layers,
+the same rule transformers applies). Padding keys are invisible; padding queries see only padding, so no
+row is fully masked. A 4-choice HellaSwag document costs one pass over its context instead of four.
+
+**Head at scored positions only, vocabulary sliced.** The model body (``get_decoder()``: final normed
+hidden states) runs on the rows; the LM head is applied only at the positions that predict continuation
+tokens, one vocabulary slice at a time, with the final-logit softcap (``config.final_logit_softcapping``,
+applied in the head's dtype like transformers does) and an online float32 log-sum-exp. ``is_greedy`` needs
+the argmax over the whole vocabulary: it is tracked slice by slice, a later slice winning only with a
+strictly larger logit, so ties go to the lowest index like ``torch.argmax``.
+
+**Memory budget.** ``memory_budget_bytes`` (default 1 GiB) bounds what one model call allocates on top of
+the weights: a quarter (``logits_budget_bytes``) for the vocabulary-slice temporaries (the slice width is
+chosen so that a slice's head output plus its float32 copy fit), the rest for activations, estimated per
+call from the config (residual stream, q/k/v, MLP intermediates per token; attention scores and masks per
+query-key pair). Batches are cut by requests (``batch_size``) *and* by this estimate, so a larger
+``batch_size`` never exceeds it; a group whose choices do not fit one row is split over several rows (the
+context repeated). ``batch_size="auto"`` just lets the budget decide (no OOM probing). A single request
+whose row alone exceeds the budget still runs, alone (``stats.over_budget_rows`` counts them).
+
+**Fallbacks (per model).** Packing needs a model whose body takes ``position_ids`` and a ready 4D mask
+(or a dict of them per layer type) and builds nothing else from positions: enabled for ``PACKED_FAMILIES``
+(llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt_neox) with eager or sdpa attention.
+Other models (OPT's learned positions, flash attention, unknown families) run unpacked: one right-padded row
+per request, no mask, as ``HFLM`` does, still with the head at scored positions only. On first use a probe
+(random tokens, a context longer than the sliding window) compares packed with unpacked and unpacked with
+the full model's own logits; a disagreement switches to unpacked, or to ``HFLM``'s stock code, with a
+warning. seq2seq models use ``HFLM``'s code.
+
+Devices and dtypes: inputs go to the input embedding's device, hidden states to the head weight's; bf16 and
+fp16 weights work on CPU and GPU (masks in the model's dtype, log-sum-exp in float32).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+from depthprune.errors import DepthpruneError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET_BYTES = 2**30
+"""Activations + vocabulary-slice temporaries of one model call, on top of the weights."""
+LOGITS_FRACTION = 4
+"""The vocabulary-slice temporaries get budget // LOGITS_FRACTION, activations the rest."""
+MIN_SLICE = 4096
+"""Narrowest vocabulary slice a batch is allowed to force (caps the scored tokens per call)."""
+
+DICT_MASK_FAMILIES = frozenset({"qwen2", "qwen3", "gemma2", "gemma3_text"})
+"""Bodies that take a dict of 4D masks keyed by ``config.layer_types``."""
+TENSOR_MASK_FAMILIES = frozenset({"llama", "gemma", "gpt_neox", "mistral", "phi3"})
+"""Bodies that take one 4D mask (sliding when ``config.sliding_window`` is set, as mistral/phi3 build it)."""
+PACKED_FAMILIES = DICT_MASK_FAMILIES | TENSOR_MASK_FAMILIES
+MASK_TYPES = frozenset({"full_attention", "sliding_attention"})
+
+
+@dataclass
+class FastStats:
+    """Bookkeeping of the model calls made so far (tests and benchmarks read it)."""
+
+    mode: str = ""  # packed | unpacked | hf
+    requests: int = 0  # requests scored by the model (duplicates and cache hits excluded)
+    model_calls: int = 0
+    rows: int = 0
+    tokens: int = 0  # padded input tokens fed to the body
+    scored_tokens: int = 0
+    head_positions: int = 0  # distinct positions the head ran at (choices share the first)
+    max_call_tokens: int = 0  # padded tokens of the largest call (rows x length)
+    max_est_activation_bytes: int = 0  # the largest per-call activation estimate
+    max_logits_bytes: int = 0  # largest vocabulary-slice temporaries alive at once, from the real tensors
+    over_budget_rows: int = 0  # single rows whose estimate alone exceeded the activation budget
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Ending:
+    """One continuation in a row: the requests it answers, the columns that predict it, its target ids."""
+
+    requests: list[int]
+    cols: list[int]
+    targets: list[int]
+
+
+@dataclass
+class _Row:
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]  # 0: context, e >= 1: the row's e-th continuation
+    endings: list[_Ending]
+
+    @property
+    def n_requests(self) -> int:
+        return len(self.endings)
+
+    @property
+    def n_scored(self) -> int:
+        return sum(len(e.targets) for e in self.endings)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
+class FastHFLM(HFLM):
+    """``HFLM`` whose loglikelihoods share contexts and never hold full-vocabulary logits; see the module doc.
+
+    Extra keyword arguments (everything else goes to ``HFLM``):
+
+    ``memory_budget_bytes``: activations + logits temporaries per model call (default 1 GiB).
+    ``logits_budget_bytes``: the vocabulary-slice part of it (default a quarter); tests set it small to
+    exercise slicing.
+    ``pack``: None (default) packs when the family supports it and the probe agrees; False never packs;
+    True packs for a supported family even if the probe disagrees (for debugging only).
+    ``verify``: run the probe on first use (default True).
+    """
+
+    def __init__(self, pretrained, *, memory_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                 logits_budget_bytes: int | None = None, pack: bool | None = None, verify: bool = True, **kwargs):
+        if memory_budget_bytes <= 0 or (logits_budget_bytes is not None and not
+                                        0 < logits_budget_bytes < memory_budget_bytes):
+            raise DepthpruneError(f"memory budget {memory_budget_bytes} / logits budget {logits_budget_bytes}: "
+                                  "need 0 < logits budget < memory budget")
+        super().__init__(pretrained, **kwargs)
+        self.memory_budget_bytes = int(memory_budget_bytes)
+        self.logits_budget_bytes = int(logits_budget_bytes or memory_budget_bytes // LOGITS_FRACTION)
+        self.activation_budget_bytes = self.memory_budget_bytes - self.logits_budget_bytes
+        self._pack_request = pack
+        self._verify = verify
+        self._mode: str | None = None  # decided on first use
+        self.stats = FastStats()
+        self.probe_diffs: dict[str, float] = {}
+
+    # --- model pieces ---------------------------------------------------------------------------------------
+
+    @property
+    def _body(self):
+        model = self.model
+        try:
+            body = model.get_decoder()
+        except (AttributeError, NotImplementedError):
+            body = None
+        return body if body is not None and body is not model else model.base_model
+
+    @property
+    def _input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def _compute_dtype(self) -> torch.dtype:
+        return self.mixed_precision_dtype or self.model.get_input_embeddings().weight.dtype
+
+    def _mask_layout(self) -> tuple[str, dict[str, int | None]] | None:
+        """How the body takes a packed mask: ("dict" | "tensor", {mask name: sliding window or None})."""
+        cfg = self.model.config
+        if cfg.model_type not in PACKED_FAMILIES:
+            return None
+        if getattr(cfg, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+            return None
+        window = getattr(cfg, "sliding_window", None)
+        if cfg.model_type in DICT_MASK_FAMILIES:
+            types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+            if not types <= MASK_TYPES or ("sliding_attention" in types and not window):
+                return None
+            return "dict", {t: (window if t == "sliding_attention" else None) for t in types}
+        if getattr(cfg, "layer_types", None) and set(cfg.layer_types) != {"full_attention"}:
+            return None  # a tensor-mask family with mixed layer types: transformers would differ by version
+        sliding = cfg.model_type in ("mistral", "phi3") and window is not None
+        return "tensor", {"full_attention": window if sliding else None}
+
+    # --- cost model -----------------------------------------------------------------------------------------
+
+    def _cost(self) -> tuple[float, float]:
+        """Estimated activation bytes per token and per (query, key) pair of one forward pass."""
+        cfg = self.model.config
+        elem = torch.empty((), dtype=self._compute_dtype).element_size()
+        hidden = cfg.hidden_size
+        inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * hidden
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+        n_masks = len(set(getattr(cfg, "layer_types", None) or ["full_attention"]))
+        per_token = elem * (6 * hidden + 3 * inter + 2 * (heads + 2 * kv) * head_dim) + 4 * head_dim * n_masks + 64
+        per_pair = heads * (2 * elem + 4) + n_masks * max(elem, 1) + 8
+        return float(per_token), float(per_pair)
+
+    def _est_bytes(self, rows: int, length: int) -> int:
+        per_token, per_pair = self._cost()
+        return int(rows * (length * per_token + length * length * per_pair))
+
+    def _row_cap(self) -> int:
+        """Longest row (tokens) whose activation estimate fits the budget."""
+        per_token, per_pair = self._cost()
+        b = self.activation_budget_bytes
+        return max(1, int((-per_token + math.sqrt(per_token**2 + 4 * per_pair * b)) / (2 * per_pair)))
+
+    def _vocab(self) -> int:
+        head = self.model.get_output_embeddings()
+        w = getattr(head, "weight", None)
+        return int(w.shape[0]) if w is not None else int(self.model.config.vocab_size)
+
+    def _slice_bytes_per_entry(self) -> int:
+        head = self.model.get_output_embeddings()
+        w = getattr(head, "weight", None)
+        elem = w.element_size() if w is not None else 4
+        return 4 + (elem if elem != 4 else 0)
+
+    def _score_cap(self) -> int:
+        """Most scored tokens per call: their slice of MIN_SLICE columns must fit the logits budget."""
+        vocab = self._vocab()
+        return max(1, self.logits_budget_bytes // (self._slice_bytes_per_entry() * min(MIN_SLICE, vocab)))
+
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        """``auto`` for lm-eval's own paths (rolling, generation): rows of max_length that fit the budget."""
+        fits = self.activation_budget_bytes // max(1, self._est_bytes(1, self.max_length))
+        return int(max(1, min(fits, self.max_batch_size or fits)))
+
+    # --- scoring: vocabulary-sliced head ---------------------------------------------------------------------
+
+    def _head_logits(self, h: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
+        head = self.model.get_output_embeddings()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        with _autocast(h.device, self.mixed_precision_dtype):
+            if isinstance(head, torch.nn.Linear):
+                bias = None if head.bias is None else head.bias[v0:v1]
+                logits = F.linear(h, head.weight[v0:v1], bias)
+            else:
+                logits = head(h)
+        if softcap:  # transformers applies it to the head's output, in the head's dtype
+            logits = logits / softcap
+            logits = torch.tanh(logits)
+            logits = logits * softcap
+        return logits
+
+    def _score_hidden(self, h: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor):
+        """Log p(target) (float32) and "target is the argmax over the whole vocabulary" for (position, target) pairs.
+
+        ``h`` holds each scored position once (choices share their first one, the context's last token);
+        ``pos[j]`` indexes the row of ``h`` that predicts ``targets[j]``.
+        """
+        head = self.model.get_output_embeddings()
+        dev = head.weight.device if hasattr(head, "weight") else h.device
+        h, pos, targets = h.to(dev), pos.to(dev), targets.to(dev)
+        n = h.shape[0]
+        vocab = self._vocab()
+        per_entry = self._slice_bytes_per_entry()
+        if not isinstance(head, torch.nn.Linear):  # unknown head: the whole vocabulary, a few positions at a time
+            step_rows = max(1, self.logits_budget_bytes // (per_entry * vocab))
+            lse, arg = [], []
+            for i in range(0, n, step_rows):
+                logits = self._head_logits(h[i:i + step_rows], 0, vocab).float()
+                self.stats.max_logits_bytes = max(self.stats.max_logits_bytes, logits.numel() * per_entry)
+                lse.append(torch.logsumexp(logits, dim=-1))
+                arg.append(logits.argmax(dim=-1))
+                picked = (pos >= i) & (pos < i + step_rows)
+                if i == 0:
+                    tgt = torch.zeros(targets.shape, device=dev)
+                tgt[picked] = logits[pos[picked] - i, targets[picked]]
+            lse, arg = torch.cat(lse), torch.cat(arg)
+            return tgt - lse[pos], arg[pos] == targets
+        step = max(1, min(vocab, self.logits_budget_bytes // (per_entry * max(n, 1))))
+        run_max = torch.full((n,), float("-inf"), device=dev)
+        run_sum = torch.zeros(n, device=dev)
+        arg = torch.zeros(n, dtype=torch.long, device=dev)
+        tgt = torch.zeros(targets.shape, device=dev)
+        for v0 in range(0, vocab, step):
+            v1 = min(vocab, v0 + step)
+            raw = self._head_logits(h, v0, v1)
+            logits = raw.float()
+            alive = raw.numel() * raw.element_size() + (0 if logits is raw else logits.numel() * 4)
+            self.stats.max_logits_bytes = max(self.stats.max_logits_bytes, alive)
+            del raw
+            m, idx = logits.max(dim=1)  # the first maximal index within the slice
+            arg = torch.where(m > run_max, idx + v0, arg)  # strictly greater: an earlier slice keeps a tie
+            inside = (targets >= v0) & (targets < v1)
+            tgt[inside] = logits[pos[inside], targets[inside] - v0]
+            new_max = torch.maximum(run_max, m)
+            run_sum = run_sum * torch.exp(run_max - new_max) + logits.sub_(new_max[:, None]).exp_().sum(dim=1)
+            run_max = new_max
+            del logits
+        lse = run_max + torch.log(run_sum)
+        return tgt - lse[pos], arg[pos] == targets
+
+    # --- rows and batches ------------------------------------------------------------------------------------
+
+    def _plan(self, requests, packed: bool, req_cap: int) -> list[_Row]:
+        """Group requests by model-input context, drop duplicates, and lay the groups out in rows."""
+        groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+        for i, (_, context_enc, continuation_enc) in enumerate(requests):
+            if not context_enc or not continuation_enc or len(continuation_enc) > self.max_length:
+                raise DepthpruneError(
+                    f"request {i}: context of {len(context_enc)} and continuation of {len(continuation_enc)} tokens "
+                    f"(need both non-empty, continuation <= max_length {self.max_length})")
+            inp = (context_enc + continuation_enc)[-(self.max_length + 1):][:-1]  # HFLM's left truncation
+            n_cont = len(continuation_enc)
+            ctx = tuple(inp[: len(inp) - n_cont + 1])
+            groups.setdefault(ctx, {}).setdefault(tuple(continuation_enc), []).append(i)
+        row_cap = self._row_cap()
+        rows: list[_Row] = []
+        for ctx, conts in groups.items():
+            row = None
+            for cont, ids in conts.items():
+                tail = list(cont[:-1])
+                if (row is None or not packed or row.n_requests >= req_cap
+                        or len(row.tokens) + len(tail) > row_cap):
+                    if row is not None:
+                        rows.append(row)
+                    row = _Row(list(ctx), list(range(len(ctx))), [0] * len(ctx), [])
+                seg = len(row.endings) + 1
+                start = len(row.tokens)
+                row.tokens += tail
+                row.positions += range(len(ctx), len(ctx) + len(tail))
+                row.segments += [seg] * len(tail)
+                row.endings.append(_Ending(ids, [len(ctx) - 1] + list(range(start, start + len(tail))), list(cont)))
+            rows.append(row)
+        rows.sort(key=lambda r: (-len(r.tokens), r.tokens))
+        return rows
+
+    def _batches(self, rows: list[_Row], req_cap: int):
+        score_cap = self._score_cap()
+        batch: list[_Row] = []
+        n_req = n_score = 0
+        for row in rows:
+            if batch and (n_req + row.n_requests > req_cap or n_score + row.n_scored > score_cap
+                          or self._est_bytes(len(batch) + 1, len(batch[0].tokens)) > self.activation_budget_bytes):
+                yield batch
+                batch, n_req, n_score = [], 0, 0
+            batch.append(row)
+            n_req += row.n_requests
+            n_score += row.n_scored
+        if batch:
+            yield batch
+
+    def _masks(self, pos: torch.Tensor, seg: torch.Tensor, layout) -> dict | torch.Tensor:
+        kind, windows = layout
+        dtype = self._compute_dtype
+        eager = getattr(self.model.config, "_attn_implementation", "eager") == "eager"
+        pq, pk = pos[:, :, None], pos[:, None, :]
+        sq, sk = seg[:, :, None], seg[:, None, :]
+        base = ((sk == 0) | (sk == sq)) & (pk <= pq)
+        out = {}
+        for name, window in windows.items():
+            allowed = base & (pq - pk < window) if window else base
+            allowed = allowed[:, None]
+            if eager:
+                m = torch.zeros(allowed.shape, dtype=dtype, device=pos.device)
+                out[name] = m.masked_fill_(~allowed, torch.finfo(dtype).min)
+            else:
+                out[name] = allowed
+        return out if kind == "dict" else out["full_attention"]
+
+    def _run_batch(self, batch: list[_Row], packed: bool) -> list[tuple[_Ending, torch.Tensor, torch.Tensor]]:
+        """One model call: per ending, per-token log-probs and greedy flags (CPU tensors)."""
+        dev = self._input_device
+        length = len(batch[0].tokens)
+        ids = torch.zeros((len(batch), length), dtype=torch.long)
+        pos = torch.zeros_like(ids)
+        seg = torch.full_like(ids, -1)  # padding: its own segment at position 0, invisible to real tokens
+        for r, row in enumerate(batch):
+            n = len(row.tokens)
+            ids[r, :n] = torch.tensor(row.tokens)
+            pos[r, :n] = torch.tensor(row.positions)
+            seg[r, :n] = torch.tensor(row.segments)
+        ids = ids.to(dev)
+        kwargs = {}
+        if packed:
+            pos, seg = pos.to(dev), seg.to(dev)
+            kwargs = {"attention_mask": self._masks(pos, seg, self._layout), "position_ids": pos}
+        with torch.no_grad(), _autocast(dev, self.mixed_precision_dtype):
+            out = self._body(input_ids=ids, use_cache=False, **kwargs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        del out, kwargs
+        unique: dict[tuple[int, int], int] = {}
+        pair_pos, tg = [], []
+        for r, row in enumerate(batch):
+            for e in row.endings:
+                pair_pos += [unique.setdefault((r, c), len(unique)) for c in e.cols]
+                tg += e.targets
+        rr, cc = zip(*unique, strict=True)
+        h = hidden[torch.tensor(rr, device=hidden.device), torch.tensor(cc, device=hidden.device)]
+        del hidden
+        with torch.no_grad():
+            lp, greedy = self._score_hidden(h, torch.tensor(pair_pos), torch.tensor(tg))
+        lp, greedy = lp.cpu(), greedy.cpu()
+        s = self.stats
+        s.model_calls += 1
+        s.rows += len(batch)
+        s.tokens += ids.numel()
+        s.scored_tokens += len(tg)
+        s.head_positions += len(unique)
+        s.max_call_tokens = max(s.max_call_tokens, ids.numel())
+        est = self._est_bytes(len(batch), length)
+        s.max_est_activation_bytes = max(s.max_est_activation_bytes, est)
+        if len(batch) == 1 and est > self.activation_budget_bytes:
+            s.over_budget_rows += 1
+        out, k = [], 0
+        for row in batch:
+            for e in row.endings:
+                out.append((e, lp[k:k + len(e.targets)], greedy[k:k + len(e.targets)]))
+                k += len(e.targets)
+        return out
+
+    # --- mode selection --------------------------------------------------------------------------------------
+
+    def _decide_mode(self) -> str:
+        layout = self._mask_layout() if self._pack_request is not False else None
+        self._layout = layout
+        mode = "packed" if layout is not None else "unpacked"
+        if self._verify:
+            mode = self._probe(mode)
+        self.stats.mode = mode
+        return mode
+
+    def _probe_tolerance(self) -> float:
+        return 1e-3 if self._compute_dtype == torch.float32 else 0.25
+
+    def _probe(self, mode: str) -> str:
+        """Check unpacked rows against the model's own logits, and packed against unpacked, on random tokens.
+
+        The packed check puts two continuations after a context longer than the sliding window (up to 600
+        tokens) and compares the second (which would see the first, or sit at wrong positions, if the body
+        ignored the mask or ``position_ids``) with an unpacked row. Costs about two forward passes of that length.
+        """
+        cfg = self.model.config
+        window = getattr(cfg, "sliding_window", None) or 0
+        n_ctx = max(2, min(max(24, window + 12), self.max_length - 8, 600))
+        gen = torch.Generator().manual_seed(1234)
+        toks = torch.randint(0, self._vocab(), (n_ctx + 12,), generator=gen).tolist()
+        ctx, first, second = toks[:n_ctx], toks[n_ctx:n_ctx + 5], toks[n_ctx + 5:]
+        tol = self._probe_tolerance()
+        saved = self.stats
+        self.stats = FastStats()
+        try:
+            short = ctx[:6] + second[:-1]
+            inp = torch.tensor([short], device=self._input_device)
+            with torch.no_grad(), _autocast(inp.device, self.mixed_precision_dtype):
+                full = torch.log_softmax(self.model(inp).logits[0, -len(second):].float(), dim=-1)
+            ref = full.gather(1, torch.tensor(second, device=full.device)[:, None]).squeeze(1).cpu()
+            del full
+            mine = self._per_token([(None, ctx[:6], second)], packed=False)[0]
+            self.probe_diffs["unpacked_vs_model"] = diff = float((ref - mine).abs().max())
+            if not diff <= tol:
+                warnings.warn(f"FastHFLM: {cfg.model_type} body+head disagree with the model's own logits "
+                              f"(max |diff| {diff:.3g}); using HFLM's stock code", stacklevel=3)
+                return "hf"
+            if mode == "packed":
+                packed = self._per_token([(None, ctx, first), (None, ctx, second)], packed=True)[1]
+                unpacked = self._per_token([(None, ctx, second)], packed=False)[0]
+                self.probe_diffs["packed_vs_unpacked"] = diff = float((packed - unpacked).abs().max())
+                if not diff <= tol and self._pack_request is not True:
+                    warnings.warn(f"FastHFLM: packed contexts disagree with unpacked rows for {cfg.model_type} "
+                                  f"(max |diff| {diff:.3g}); running unpacked (slower, exact)", stacklevel=3)
+                    return "unpacked"
+            return mode
+        finally:
+            self.stats = saved
+
+    def _per_token(self, reqs, packed: bool) -> list[torch.Tensor]:
+        rows = self._plan(reqs, packed, req_cap=len(reqs))
+        found = {}
+        for batch in self._batches(rows, req_cap=len(reqs)):
+            for e, lp, _ in self._run_batch(batch, packed):
+                for i in e.requests:
+                    found[i] = lp
+        return [found[i] for i in range(len(reqs))]
+
+    # --- lm-eval entry point ---------------------------------------------------------------------------------
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        if self._mode is None:
+            self._mode = self._decide_mode()
+        if self._mode == "hf":
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        packed = self._mode == "packed"
+        if override_bs:
+            req_cap = int(override_bs)
+        elif str(self.batch_size).startswith("auto"):
+            req_cap = len(requests) or 1
+        else:
+            req_cap = int(self.batch_size)
+        rows = self._plan(requests, packed, req_cap)
+        res: list[tuple[float, bool] | None] = [None] * len(requests)
+        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, unit="req",
+                    desc=f"loglikelihood ({self._mode})", smoothing=0.05)
+        for batch in self._batches(rows, req_cap):
+            done = 0
+            for ending, lp, greedy in self._run_batch(batch, packed):
+                answer = (float(lp.double().sum()), bool(greedy.all()))
+                self.stats.requests += 1
+                for i in ending.requests:
+                    res[i] = answer
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                    done += 1
+            pbar.update(done)
+        pbar.close()
+        return res

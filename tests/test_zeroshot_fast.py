@@ -200,7 +200,7 @@ def test_probe_catches_broken_packing(monkeypatch):
     reqs = [(None, ctx, [50, 60, 70]), (None, ctx, [80, 90])]
     with pytest.warns(UserWarning, match="running unpacked"):
         got = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
-    assert lm.stats.mode == "unpacked" and lm.probe_diffs["packed_vs_unpacked"] > 1e-3
+    assert lm.stats.mode == "unpacked" and lm.probe_diffs["isolation"] > 1e-3
     want = make_lm(model, tiny_tokenizer(), 8)._loglikelihood_tokens(reqs, disable_tqdm=True)
     assert all(abs(a - b) <= 1e-4 for (a, _), (b, _) in zip(got, want))
 

@@ -22,7 +22,7 @@ the argmax over the whole vocabulary: it is tracked slice by slice, a later slic
 strictly larger logit, so ties go to the lowest index like ``torch.argmax``.
 
 **Memory budget.** ``memory_budget_bytes`` (default 1 GiB) bounds what one model call allocates on top of
-the weights: a quarter (``logits_budget_bytes``) for the vocabulary-slice temporaries (the slice width is
+the weights: an eighth (``logits_budget_bytes``) for the vocabulary-slice temporaries (the slice width is
 chosen so that a slice's head output plus its float32 copy fit), the rest for activations, estimated per
 call from the config (residual stream, q/k/v, MLP intermediates per token; attention scores and masks per
 query-key pair). Batches are cut by requests (``batch_size``) *and* by this estimate, so a larger
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -61,8 +62,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES = 2**30
 """Activations + vocabulary-slice temporaries of one model call, on top of the weights."""
-LOGITS_FRACTION = 4
-"""The vocabulary-slice temporaries get budget // LOGITS_FRACTION, activations the rest."""
+LOGITS_FRACTION = 8
+"""The vocabulary-slice temporaries get budget // LOGITS_FRACTION (128 MiB of 1 GiB), activations the rest."""
 MIN_SLICE = 4096
 """Narrowest vocabulary slice a batch is allowed to force (caps the scored tokens per call)."""
 
@@ -89,6 +90,7 @@ class FastStats:
     max_est_activation_bytes: int = 0  # the largest per-call activation estimate
     max_logits_bytes: int = 0  # largest vocabulary-slice temporaries alive at once, from the real tensors
     over_budget_rows: int = 0  # single rows whose estimate alone exceeded the activation budget
+    probe_s: float = 0.0  # time the first-use probe took
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -145,7 +147,7 @@ class FastHFLM(HFLM):
     Extra keyword arguments (everything else goes to ``HFLM``):
 
     ``memory_budget_bytes``: activations + logits temporaries per model call (default 1 GiB).
-    ``logits_budget_bytes``: the vocabulary-slice part of it (default a quarter); tests set it small to
+    ``logits_budget_bytes``: the vocabulary-slice part of it (default an eighth); tests set it small to
     exercise slicing.
     ``pack``: None (default) packs when the family supports it and the probe agrees; False never packs;
     True packs for a supported family even if the probe disagrees (for debugging only).
@@ -438,7 +440,9 @@ class FastHFLM(HFLM):
         self._layout = layout
         mode = "packed" if layout is not None else "unpacked"
         if self._verify:
+            t0 = time.perf_counter()
             mode = self._probe(mode)
+            self.stats.probe_s = time.perf_counter() - t0
         self.stats.mode = mode
         return mode
 

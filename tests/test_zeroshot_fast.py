@@ -165,6 +165,20 @@ def test_slice_argmax_ties_go_to_lowest_index():
     assert am[0] == 7 and greedy.tolist() == [True, False, bool(am[1] == 5), bool(am[1] == 300)]
 
 
+def test_rolling_loglikelihood_equals_hf():
+    """lm-eval's perplexity-style requests (max_length windows) go through the same scoring path."""
+    from lm_eval.api.instance import Instance
+    from tiny import SAMPLE_TEXT
+
+    model = model_of("gemma3_text")
+    texts = [SAMPLE_TEXT[:3000], "The quick brown fox.", SAMPLE_TEXT[500:1400]]
+    reqs = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
+    want = make_lm(model, tiny_tokenizer(), 4).loglikelihood_rolling(reqs, disable_tqdm=True)
+    got = fast_lm(model, batch_size=4).loglikelihood_rolling(reqs, disable_tqdm=True)
+    assert len(tiny_tokenizer()(texts[0]).input_ids) > 2 * 256  # several max_length windows
+    assert all(abs(a - b) <= 1e-4 + 2.0**-21 * abs(b) for a, b in zip(got, want))
+
+
 # --- fallbacks ---------------------------------------------------------------------------------------------------
 
 

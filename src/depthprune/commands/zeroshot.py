@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 from depthprune.commands.common import add_model_args, load_from_args, positive_int, write_json_atomic
 from depthprune.errors import DepthpruneError
 
 
 def _batch_size(value: str) -> int | str:
-    import argparse
-
     try:
         return value if value == "auto" else int(value)
     except ValueError:

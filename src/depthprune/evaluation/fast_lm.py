@@ -2,8 +2,10 @@
 
 :class:`FastHFLM` is lm-eval's own ``HFLM`` (tokenisation through ``_encode_pair``, BOS handling,
 left-truncation to ``max_length``, the cache hook, the evaluator are all lm-eval's) with only
-``_loglikelihood_tokens`` (and the ``auto`` batch-size probe) replaced. The numbers are the same as ``HFLM``'s
-(float32: within ~1e-5 per request; the tests hold them to 1e-4), computed differently:
+``_loglikelihood_tokens`` (and the ``auto`` batch-size probe) replaced. It computes what ``HFLM`` computes,
+in another order: float32 results differ only by kernel rounding (tiny test models: within 1e-4 of a
+float64-summed reference; Gemma 3 270M: ~1e-3 on sums of 20-40 tokens, like ``HFLM`` against itself at
+another batch size, see docs/results/zeroshot_fast_vs_hf_gemma3_270m.md). How:
 
 **Context sharing by packing.** Requests are grouped by the tokens of their context as it enters the model
 (after lm-eval's left truncation). A group's context is put in one row once, followed by every choice's
@@ -31,13 +33,14 @@ context repeated). ``batch_size="auto"`` just lets the budget decide (no OOM pro
 whose row alone exceeds the budget still runs, alone (``stats.over_budget_rows`` counts them).
 
 **Fallbacks (per model).** Packing needs a model whose body takes ``position_ids`` and a ready 4D mask
-(or a dict of them per layer type) and builds nothing else from positions: enabled for ``PACKED_FAMILIES``
-(llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt_neox) with eager or sdpa attention.
-Other models (OPT's learned positions, flash attention, unknown families) run unpacked: one right-padded row
-per request, no mask, as ``HFLM`` does, still with the head at scored positions only. On first use a probe
-(random tokens, a context longer than the sliding window) compares packed with unpacked and unpacked with
-the full model's own logits; a disagreement switches to unpacked, or to ``HFLM``'s stock code, with a
-warning. seq2seq models use ``HFLM``'s code.
+(or a dict of them per layer type) and builds nothing else from positions: enabled for
+``fast_lm_pack.PACKED_FAMILIES`` (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt_neox)
+with eager or sdpa attention. Other models (OPT's learned positions, flash attention, unknown families) run
+unpacked: one right-padded row per request, no mask, as ``HFLM`` does, still with the head at scored
+positions only. On first use a probe (``fast_lm_pack.probe``: random tokens, a context longer than the
+sliding window) checks packed rows against unpacked ones and unpacked ones against the model's own logits;
+a disagreement switches to unpacked, or to ``HFLM``'s stock code, with a warning. Models whose head is not
+a Linear layer, and seq2seq models, use ``HFLM``'s code.
 
 Devices and dtypes: inputs go to the input embedding's device, hidden states to the head weight's; bf16 and
 fp16 weights work on CPU and GPU (masks in the model's dtype, log-sum-exp in float32).
@@ -57,6 +60,7 @@ from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
 from depthprune.errors import DepthpruneError
+from depthprune.evaluation.fast_lm_pack import Ending, Row, autocast, mask_layout, packed_masks, plan_rows, probe
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +73,6 @@ MIN_SLICE = 4096
 MAX_SLICE = 16384
 """Widest vocabulary slice: on CPU a 16k-column head GEMM is faster than one over a 262k vocabulary, and smaller."""
 
-DICT_MASK_FAMILIES = frozenset({"qwen2", "qwen3", "gemma2", "gemma3_text"})
-"""Bodies that take a dict of 4D masks keyed by ``config.layer_types``."""
-TENSOR_MASK_FAMILIES = frozenset({"llama", "gemma", "gpt_neox", "mistral", "phi3"})
-"""Bodies that take one 4D mask (sliding when ``config.sliding_window`` is set, as mistral/phi3 build it)."""
-PACKED_FAMILIES = DICT_MASK_FAMILIES | TENSOR_MASK_FAMILIES
-MASK_TYPES = frozenset({"full_attention", "sliding_attention"})
 
 
 @dataclass
@@ -96,51 +94,6 @@ class FastStats:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class _Ending:
-    """One continuation in a row: the requests it answers, the columns that predict it, its target ids."""
-
-    requests: list[int]
-    cols: list[int]
-    targets: list[int]
-
-
-@dataclass
-class _Row:
-    tokens: list[int]
-    positions: list[int]
-    segments: list[int]  # 0: context, e >= 1: the row's e-th continuation
-    endings: list[_Ending]
-
-    @classmethod
-    def start(cls, ctx) -> _Row:
-        return cls(list(ctx), list(range(len(ctx))), [0] * len(ctx), [])
-
-    @property
-    def n_ctx(self) -> int:
-        return self.segments.count(0)
-
-    def add(self, cont, requests: list[int]) -> None:
-        """Append a continuation: its tokens but the last, at positions right after the context."""
-        n_ctx, tail, start = self.n_ctx, list(cont[:-1]), len(self.tokens)
-        self.tokens += tail
-        self.positions += range(n_ctx, n_ctx + len(tail))
-        self.segments += [len(self.endings) + 1] * len(tail)
-        self.endings.append(_Ending(requests, [n_ctx - 1] + list(range(start, start + len(tail))), list(cont)))
-
-    @property
-    def n_requests(self) -> int:
-        return len(self.endings)
-
-    @property
-    def n_scored(self) -> int:
-        return sum(len(e.targets) for e in self.endings)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
 class FastHFLM(HFLM):
@@ -191,23 +144,12 @@ class FastHFLM(HFLM):
     def _compute_dtype(self) -> torch.dtype:
         return self.mixed_precision_dtype or self.model.get_input_embeddings().weight.dtype
 
-    def _mask_layout(self) -> tuple[str, dict[str, int | None]] | None:
-        """How the body takes a packed mask: ("dict" | "tensor", {mask name: sliding window or None})."""
-        cfg = self.model.config
-        if cfg.model_type not in PACKED_FAMILIES:
-            return None
-        if getattr(cfg, "_attn_implementation", "eager") not in ("eager", "sdpa"):
-            return None
-        window = getattr(cfg, "sliding_window", None)
-        if cfg.model_type in DICT_MASK_FAMILIES:
-            types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
-            if not types <= MASK_TYPES or ("sliding_attention" in types and not window):
-                return None
-            return "dict", {t: (window if t == "sliding_attention" else None) for t in types}
-        if getattr(cfg, "layer_types", None) and set(cfg.layer_types) != {"full_attention"}:
-            return None  # a tensor-mask family with mixed layer types: transformers would differ by version
-        sliding = cfg.model_type in ("mistral", "phi3") and window is not None
-        return "tensor", {"full_attention": window if sliding else None}
+    def _mask_layout(self):
+        return mask_layout(self.model.config)
+
+    def _masks(self, pos: torch.Tensor, seg: torch.Tensor, layout):
+        eager = getattr(self.model.config, "_attn_implementation", "eager") == "eager"
+        return packed_masks(pos, seg, layout, self._compute_dtype, eager)
 
     # --- cost model -----------------------------------------------------------------------------------------
 
@@ -236,14 +178,11 @@ class FastHFLM(HFLM):
         return max(1, int((-per_token + math.sqrt(per_token**2 + 4 * per_pair * b)) / (2 * per_pair)))
 
     def _vocab(self) -> int:
-        head = self.model.get_output_embeddings()
-        w = getattr(head, "weight", None)
-        return int(w.shape[0]) if w is not None else int(self.model.config.vocab_size)
+        return int(self.model.get_output_embeddings().weight.shape[0])
 
     def _slice_bytes_per_entry(self) -> int:
-        head = self.model.get_output_embeddings()
-        w = getattr(head, "weight", None)
-        elem = w.element_size() if w is not None else 4
+        """A slice's head output (weight dtype) plus its float32 copy, per entry."""
+        elem = self.model.get_output_embeddings().weight.element_size()
         return 4 + (elem if elem != 4 else 0)
 
     def _score_cap(self) -> int:
@@ -261,12 +200,8 @@ class FastHFLM(HFLM):
     def _head_logits(self, h: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
         head = self.model.get_output_embeddings()
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        with _autocast(h.device, self.mixed_precision_dtype):
-            if isinstance(head, torch.nn.Linear):
-                bias = None if head.bias is None else head.bias[v0:v1]
-                logits = F.linear(h, head.weight[v0:v1], bias)
-            else:
-                logits = head(h)
+        with autocast(h.device, self.mixed_precision_dtype):
+            logits = F.linear(h, head.weight[v0:v1], None if head.bias is None else head.bias[v0:v1])
         if softcap:  # transformers applies it to the head's output, in the head's dtype
             logits = logits / softcap
             logits = torch.tanh(logits)
@@ -279,26 +214,11 @@ class FastHFLM(HFLM):
         ``h`` holds each scored position once (choices share their first one, the context's last token);
         ``pos[j]`` indexes the row of ``h`` that predicts ``targets[j]``.
         """
-        head = self.model.get_output_embeddings()
-        dev = head.weight.device if hasattr(head, "weight") else h.device
+        dev = self.model.get_output_embeddings().weight.device
         h, pos, targets = h.to(dev), pos.to(dev), targets.to(dev)
         n = h.shape[0]
         vocab = self._vocab()
         per_entry = self._slice_bytes_per_entry()
-        if not isinstance(head, torch.nn.Linear):  # unknown head: the whole vocabulary, a few positions at a time
-            step_rows = max(1, self.logits_budget_bytes // (per_entry * vocab))
-            lse, arg = [], []
-            for i in range(0, n, step_rows):
-                logits = self._head_logits(h[i:i + step_rows], 0, vocab).float()
-                self.stats.max_logits_bytes = max(self.stats.max_logits_bytes, logits.numel() * per_entry)
-                lse.append(torch.logsumexp(logits, dim=-1))
-                arg.append(logits.argmax(dim=-1))
-                picked = (pos >= i) & (pos < i + step_rows)
-                if i == 0:
-                    tgt = torch.zeros(targets.shape, device=dev)
-                tgt[picked] = logits[pos[picked] - i, targets[picked]]
-            lse, arg = torch.cat(lse), torch.cat(arg)
-            return tgt - lse[pos], arg[pos] == targets
         step = max(1, min(vocab, MAX_SLICE, self.logits_budget_bytes // (per_entry * max(n, 1))))
         run_max = torch.full((n,), float("-inf"), device=dev)
         run_sum = torch.zeros(n, device=dev)
@@ -324,41 +244,16 @@ class FastHFLM(HFLM):
 
     # --- rows and batches ------------------------------------------------------------------------------------
 
-    def _plan(self, requests, packed: bool, req_cap: int) -> list[_Row]:
-        """Group requests by model-input context, drop duplicates, and lay the groups out in rows."""
-        groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
-        truncated = 0
-        for i, (_, context_enc, continuation_enc) in enumerate(requests):
-            if not context_enc or not continuation_enc or len(continuation_enc) > self.max_length:
-                raise DepthpruneError(
-                    f"request {i}: context of {len(context_enc)} and continuation of {len(continuation_enc)} tokens "
-                    f"(need both non-empty, continuation <= max_length {self.max_length})")
-            inp = (context_enc + continuation_enc)[-(self.max_length + 1):][:-1]  # HFLM's left truncation
-            truncated += len(context_enc) + len(continuation_enc) > self.max_length + 1
-            n_cont = len(continuation_enc)
-            ctx = tuple(inp[: len(inp) - n_cont + 1])
-            groups.setdefault(ctx, {}).setdefault(tuple(continuation_enc), []).append(i)
+    def _plan(self, requests, packed: bool, req_cap: int) -> list[Row]:
+        rows, truncated = plan_rows(requests, self.max_length, packed, req_cap, self._row_cap())
         if truncated:
             log.warning("%d of %d requests are longer than max_length %d + 1 tokens: their contexts were "
                         "left-truncated, as HFLM does", truncated, len(requests), self.max_length)
-        row_cap = self._row_cap()
-        rows: list[_Row] = []
-        for ctx, conts in groups.items():
-            row = None
-            for cont, ids in conts.items():
-                if (row is None or not packed or row.n_requests >= req_cap
-                        or len(row.tokens) + len(cont) - 1 > row_cap):
-                    if row is not None:
-                        rows.append(row)
-                    row = _Row.start(ctx)
-                row.add(cont, ids)
-            rows.append(row)
-        rows.sort(key=lambda r: (-len(r.tokens), r.tokens))
         return rows
 
-    def _batches(self, rows: list[_Row], req_cap: int):
+    def _batches(self, rows: list[Row], req_cap: int):
         score_cap = self._score_cap()
-        batch: list[_Row] = []
+        batch: list[Row] = []
         n_req = n_score = 0
         for row in rows:
             if batch and (n_req + row.n_requests > req_cap or n_score + row.n_scored > score_cap
@@ -371,25 +266,7 @@ class FastHFLM(HFLM):
         if batch:
             yield batch
 
-    def _masks(self, pos: torch.Tensor, seg: torch.Tensor, layout) -> dict | torch.Tensor:
-        kind, windows = layout
-        dtype = self._compute_dtype
-        eager = getattr(self.model.config, "_attn_implementation", "eager") == "eager"
-        pq, pk = pos[:, :, None], pos[:, None, :]
-        sq, sk = seg[:, :, None], seg[:, None, :]
-        base = ((sk == 0) | (sk == sq)) & (pk <= pq)
-        out = {}
-        for name, window in windows.items():
-            allowed = base & (pq - pk < window) if window else base
-            allowed = allowed[:, None]
-            if eager:
-                m = torch.zeros(allowed.shape, dtype=dtype, device=pos.device)
-                out[name] = m.masked_fill_(~allowed, torch.finfo(dtype).min)
-            else:
-                out[name] = allowed
-        return out if kind == "dict" else out["full_attention"]
-
-    def _run_batch(self, batch: list[_Row], packed: bool) -> list[tuple[_Ending, torch.Tensor, torch.Tensor]]:
+    def _run_batch(self, batch: list[Row], packed: bool) -> list[tuple[Ending, torch.Tensor, torch.Tensor]]:
         """One model call: per ending, per-token log-probs and greedy flags (CPU tensors)."""
         dev = self._input_device
         length = len(batch[0].tokens)
@@ -406,7 +283,7 @@ class FastHFLM(HFLM):
         if packed:
             pos, seg = pos.to(dev), seg.to(dev)
             kwargs = {"attention_mask": self._masks(pos, seg, self._layout), "position_ids": pos}
-        with torch.no_grad(), _autocast(dev, self.mixed_precision_dtype):
+        with torch.no_grad(), autocast(dev, self.mixed_precision_dtype):
             out = self._body(input_ids=ids, use_cache=False, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         del out, kwargs
@@ -446,83 +323,15 @@ class FastHFLM(HFLM):
         layout = self._mask_layout() if self._pack_request is not False else None
         self._layout = layout
         mode = "packed" if layout is not None else "unpacked"
-        if self._verify:
+        if not isinstance(self.model.get_output_embeddings(), torch.nn.Linear):
+            warnings.warn("FastHFLM: the LM head is not a Linear layer; using HFLM's stock code", stacklevel=3)
+            mode = "hf"
+        elif self._verify:
             t0 = time.perf_counter()
-            mode = self._probe(mode)
+            mode = probe(self, mode)
             self.stats.probe_s = time.perf_counter() - t0
         self.stats.mode = mode
         return mode
-
-    def _probe(self, mode: str) -> str:
-        """Check the scoring paths on random tokens before the first real request; return the mode to use.
-
-        1. unpacked rows against the model's own logits (body, head, softcap), on a short request;
-        2. isolation: the second continuation B scores the same after two different first continuations
-           (A, A' of one length; exactly equal when the mask hides A, in any precision);
-        3. mask semantics: a packed row [ctx, B] (our mask and positions) against an unpacked one (the model's
-           own causal / sliding-window masks), the context longer than the sliding window (up to 600 tokens);
-        4. positions: B after A against B first.
-        Checks 2 and 4 use a 24-token context; only 3 needs one longer than the window.
-        In float32 every check must agree within 1e-3. In half precision 2 must within 1e-2 but 1, 3 and 4 only
-        within 0.5: different kernel shapes alone move bf16 log-probs by ~0.1 (the logits are rounded to
-        bf16), so subtler faults go unseen there; the families in PACKED_FAMILIES are tested in float32.
-        Costs about two forward passes of that length.
-        """
-        cfg = self.model.config
-        fp32 = self._compute_dtype == torch.float32
-        tight, loose = (1e-3, 1e-3) if fp32 else (1e-2, 0.5)
-        window = getattr(cfg, "sliding_window", None) or 0
-        n_ctx = max(2, min(max(24, window + 12), self.max_length - 8, 600))
-        gen = torch.Generator().manual_seed(1234)
-        toks = torch.randint(0, self._vocab(), (n_ctx + 16,), generator=gen).tolist()
-        ctx, a, a2, b = toks[:n_ctx], toks[n_ctx:n_ctx + 5], toks[n_ctx + 5:n_ctx + 10], toks[n_ctx + 10:]
-        saved = self.stats
-        self.stats = FastStats()
-
-        def run(rows: list[_Row], packed: bool) -> list[list[torch.Tensor]]:
-            out = self._run_batch(rows, packed)
-            it = iter(lp for _, lp, _ in out)
-            return [[next(it) for _ in r.endings] for r in rows]
-
-        def row(*conts, context=ctx[-24:]) -> _Row:
-            r = _Row.start(context)
-            for c in conts:
-                r.add(c, [0])
-            return r
-
-        def maxdiff(x, y) -> float:
-            return float((x - y).abs().max())
-
-        try:
-            short = _Row.start(ctx[:6])
-            short.add(b, [0])
-            inp = torch.tensor([short.tokens], device=self._input_device)
-            with torch.no_grad(), _autocast(inp.device, self.mixed_precision_dtype):
-                full = torch.log_softmax(self.model(inp).logits[0, -len(b):].float(), dim=-1)
-            ref = full.gather(1, torch.tensor(b, device=full.device)[:, None]).squeeze(1).cpu()
-            del full
-            d = self.probe_diffs
-            d["unpacked_vs_model"] = maxdiff(ref, run([short], False)[0][0])
-            if not d["unpacked_vs_model"] <= loose:
-                warnings.warn(f"FastHFLM: {cfg.model_type} body+head disagree with the model's own logits "
-                              f"(max |diff| {d['unpacked_vs_model']:.3g}); using HFLM's stock code", stacklevel=3)
-                return "hf"
-            if mode == "packed":
-                ab, a2b, ba = run([row(a, b), row(a2, b), row(b, a)], True)
-                d["isolation"] = maxdiff(ab[1], a2b[1])
-                d["positions"] = maxdiff(ab[1], ba[0])
-                d["packed_vs_unpacked"] = maxdiff(run([row(b, context=ctx)], True)[0][0],
-                                                  run([row(b, context=ctx)], False)[0][0])
-                bad = [k for k, tol in (("isolation", tight), ("positions", loose), ("packed_vs_unpacked", loose))
-                       if not d[k] <= tol]
-                if bad and self._pack_request is not True:
-                    warnings.warn(f"FastHFLM: packed contexts fail the {', '.join(bad)} check for {cfg.model_type} "
-                                  f"({', '.join(f'{k} {d[k]:.3g}' for k in bad)}); running unpacked (slower, exact)",
-                                  stacklevel=3)
-                    return "unpacked"
-            return mode
-        finally:
-            self.stats = saved
 
     # --- lm-eval entry point ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 
 from depthprune.errors import DataNotFoundError, DepthpruneError
+from depthprune.evaluation.zeroshot_cache import cache_identity, close_cache, open_cache
 
 PAPER_TASKS: tuple[str, ...] = (
     "boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
@@ -199,7 +200,7 @@ def make_lm(model, tokenizer, batch_size: int | str = 8, max_length: int | None 
         raise DepthpruneError(f"--backend {backend!r} is not one of: {', '.join(BACKENDS)}")
     cls = HFLM
     if backend == "fast":
-        from depthprune.evaluation.fast_lm import FastHFLM as cls
+        from depthprune.evaluation.fast_lm import FastHFLM as cls  # heavy: subclasses lm-eval's HFLM (~2 s)
     return cls(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
                max_length=max_length, add_bos_token=True, softmax_dtype=torch.float32, **kw)
 
@@ -256,16 +257,12 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
             lm = make_lm(model, tokenizer, batch_size, max_length, backend=backend)
             use_cache = None
             if cache_dir is not None:
-                from depthprune.evaluation.zeroshot_cache import cache_identity, open_cache
-
                 use_cache = open_cache(cache_dir, cache_identity(model, tokenizer, backend, True, max_length))
             try:
                 out = simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=0, limit=limit,
                                       task_manager=tm, log_samples=False, use_cache=use_cache)
             finally:
                 if use_cache is not None:
-                    from depthprune.evaluation.zeroshot_cache import close_cache
-
                     close_cache(lm)
     finally:
         model.train(was_training)

@@ -3,7 +3,9 @@
 Each configuration (backend x batch size x dtype) runs ``evaluate_zeroshot`` on the first ``--limit``
 documents of each of the 7 tasks in a fresh subprocess (so memory peaks do not mix), recording every
 request's answer through lm-eval's cache hook, the wall and CPU time of the loglikelihood pass, and the
-peak RSS (a psutil sampling thread, plus ``ru_maxrss``). The parent compares the answers of each ``fast``
+peak RSS (a psutil sampling thread, plus ``ru_maxrss``). Then, per dtype, a *paired* run times HFLM and
+FastHFLM taking turns task by task in one process, so that other users' load on a shared CPU hits both alike
+(the speed figures to quote). The parent compares the answers of each ``fast``
 configuration with ``hf`` at the same dtype (max |loglik diff|, is_greedy, accuracies) and writes
 ``docs/results/zeroshot_fast_vs_hf_gemma3_270m.{json,md}``. Configurations already in the JSON (same limit
 and threads) are skipped, so an interrupted run resumes.
@@ -132,6 +134,56 @@ def worker(key: str, limit: int, threads: int, out: Path) -> None:
     out.write_text(json.dumps({"result": result, "answers": answers}))
 
 
+PAIRED = [("hf", 8), ("fast", 8), ("fast", 16)]
+
+
+def paired_worker(dtype: str, limit: int, threads: int, out: Path) -> None:
+    """Speed with load drift cancelled: one process, the LMs take turns task by task (order rotated)."""
+    import torch
+
+    from depthprune.evaluation.zeroshot import PAPER_TASKS, _load_tasks, make_lm
+    from depthprune.models import load_model
+
+    torch.set_num_threads(threads)
+    lm = load_model("gemma-3-270m", dtype=dtype, device="cpu")
+    model, tok = lm.model, lm.tokenizer
+    with torch.no_grad():
+        model(torch.tensor([[tok.bos_token_id or 0]]))
+    tasks, _ = _load_tasks(PAPER_TASKS, {t: "local" for t in PAPER_TASKS})
+    per_task = {}
+    for name, task in tasks.items():
+        task.build_all_requests(limit=limit, rank=0, world_size=1)
+        per_task[name] = list(task.instances)
+    lms = {key_of(b, bs, dtype): make_lm(model, tok, bs, backend=b) for b, bs in PAIRED}
+    res = {k: {"wall_s": 0.0, "cpu_s": 0.0, "requests": 0, "tasks": {}, "probe_s": 0.0} for k in lms}
+    for k, x in lms.items():
+        if hasattr(x, "_decide_mode"):  # the one-time probe, timed on its own
+            t0 = time.perf_counter()
+            x._mode = x._decide_mode()
+            res[k]["probe_s"] = time.perf_counter() - t0
+    keys = list(lms)
+    for i, (name, reqs) in enumerate(per_task.items()):
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            lms[k].loglikelihood(reqs, disable_tqdm=True)
+            wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+            r = res[k]
+            r["wall_s"] += wall
+            r["cpu_s"] += cpu
+            r["requests"] += len(reqs)
+            r["tasks"][name] = {"requests": len(reqs), "wall_s": wall, "cpu_s": cpu}
+            print(f"{k} {name}: {len(reqs) / wall:.2f} req/s (load {os.getloadavg()[0]:.1f})", flush=True)
+    ref = res[key_of("hf", 8, dtype)]
+    for r in res.values():
+        r["requests_per_s"] = r["requests"] / r["wall_s"]
+        r["speedup_wall"] = ref["wall_s"] / r["wall_s"]
+        r["speedup_cpu"] = ref["cpu_s"] / r["cpu_s"]
+        r["speedup_wall_with_probe"] = ref["wall_s"] / (r["wall_s"] + r["probe_s"])
+        r["task_speedup_wall"] = {t: ref["tasks"][t]["wall_s"] / v["wall_s"] for t, v in r["tasks"].items()}
+    out.write_text(json.dumps({"result": res}))
+
+
 def compare(a: dict, b: dict, ra: dict, rb: dict) -> dict:
     """``b`` (answers, result) against the reference ``a``."""
     common = sorted(set(a) & set(b))
@@ -200,6 +252,19 @@ def markdown(data: dict) -> str:
     for key, r in cfg.items():
         lines.append(f"| {key} | " + " | ".join(f"{r['tasks'][t]['score'] * 100:.2f}" for t in tasks)
                      + f" | {r['average'] * 100:.2f} |")
+    if data.get("paired"):
+        lines += ["", "## Speed, paired (the figure to quote)", "",
+                  "One process per dtype; HFLM and FastHFLM take turns task by task (order rotated), so other users' "
+                  "load hits both alike. Speedup = HFLM batch 8's time / this one's (the FastHFLM probe, run once "
+                  "per evaluation, is listed apart and included in the last column).", "",
+                  "| config | requests/s | wall s | CPU s | speedup (wall) | speedup (CPU) | probe s | "
+                  "speedup incl. probe | per task (wall) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for res in data["paired"].values():
+            for key, r in res.items():
+                per = ", ".join(f"{t} {v:.1f}x" for t, v in r["task_speedup_wall"].items())
+                lines.append(f"| {key} | {r['requests_per_s']:.2f} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
+                             f"{r['speedup_wall']:.2f}x | {r['speedup_cpu']:.2f}x | {r['probe_s']:.1f} | "
+                             f"{r['speedup_wall_with_probe']:.2f}x | {per} |")
     fast = [r for r in cfg.values() if r["fast_stats"]]
     if fast:
         r = fast[0]
@@ -225,9 +290,13 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated configuration keys to run (default: all)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--no-paired", action="store_true", help="skip the paired speed runs")
     a = ap.parse_args()
     if a.worker:
-        worker(a.worker, a.limit, a.threads, Path(a.out))
+        if a.worker.startswith("paired-"):
+            paired_worker(a.worker.removeprefix("paired-"), a.limit, a.threads, Path(a.out))
+        else:
+            worker(a.worker, a.limit, a.threads, Path(a.out))
         return
     from depthprune.commands.common import write_json_atomic
 
@@ -262,6 +331,19 @@ def main() -> None:
         print(f"{key}: {r['requests']} requests, {r['requests_per_s']:.2f} req/s, peak RSS "
               f"{r['peak_rss_bytes'] / GiB:.2f} GiB", flush=True)
         summarize(data, answers)
+        write_json_atomic(path, data)
+        (RESULTS / f"{NAME}.md").write_text(markdown(data))
+    data.setdefault("paired", {})
+    for dtype in [] if a.no_paired else ["float32", "bfloat16"]:
+        if dtype in data["paired"]:
+            print(f"paired-{dtype}: done already, skipped", flush=True)
+            continue
+        f = WORK / f"paired-{dtype}-limit{a.limit}-t{a.threads}.json"
+        print(f"paired-{dtype}: running ({time.strftime('%H:%M:%S')})", flush=True)
+        subprocess.run([sys.executable, __file__, "--worker", f"paired-{dtype}", "--limit", str(a.limit),
+                        "--threads", str(a.threads), "--out", str(f)], check=True,
+                       env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+        data["paired"][dtype] = json.loads(f.read_text())["result"]
         write_json_atomic(path, data)
         (RESULTS / f"{NAME}.md").write_text(markdown(data))
     summarize(data, answers)

@@ -107,7 +107,7 @@ def test_fast_loglikelihoods_equal_hf(family, requests_limit8):
         assert gg == wg
     # the vocabulary was sliced, contexts were shared, the head ran only at scored positions
     assert fast.stats.max_logits_bytes <= SLICE_BUDGET
-    assert SLICE_BUDGET // (4 * fast.stats.head_positions) < 320
+    assert fast.stats.head_slices >= 2 * fast.stats.head_calls
     hf_tokens = sum(len(c) + len(x) - 1 for c, x in (hf._encode_pair(*r.args) for r in requests_limit8))
     assert fast.stats.tokens < 0.75 * hf_tokens
     assert fast.stats.head_positions < fast.stats.scored_tokens
@@ -273,25 +273,26 @@ def test_resume_after_interrupt(tmp_path, monkeypatch, fast_tasks):
     tasks = "piqa,hellaswag,boolq"
     plain = evaluate_zeroshot(model, tiny_tokenizer(), tasks, limit=LIMIT, batch_size=4)
 
-    computed = []  # requests per finished model call (after the probe)
+    computed = []  # requests answered per head pass (after the probe)
     passed = []  # requests handed to the model by lm-eval's cache, per run
-    run_batch, ll_tokens = FastHFLM._run_batch, FastHFLM._loglikelihood_tokens
+    score, ll_tokens = FastHFLM._score_pending, FastHFLM._loglikelihood_tokens
     stop_after = [3]
 
-    def counting_run(self, batch, packed):
-        if self._mode is not None:  # not the probe
-            if len(computed) == stop_after[0]:
-                raise Interrupted("stopped")
-            out = run_batch(self, batch, packed)
-            computed.append(sum(len(e.requests) for e, _, _ in out))
-            return out
-        return run_batch(self, batch, packed)
+    def counting_score(self, parts):
+        if self._mode is None:  # the probe
+            return score(self, parts)
+        if len(computed) == stop_after[0]:
+            raise Interrupted("stopped")
+        out = score(self, parts)
+        computed.append(sum(len(e.requests) for e, _, _ in out))
+        return out
 
     def counting_ll(self, requests, **kw):
         passed.append(len(requests))
         return ll_tokens(self, requests, **kw)
 
-    monkeypatch.setattr(FastHFLM, "_run_batch", counting_run)
+    monkeypatch.setattr(FastHFLM, "_score_pending", counting_score)
+    monkeypatch.setitem(FastHFLM.__init__.__kwdefaults__, "head_positions", 64)  # several head passes
     monkeypatch.setattr(FastHFLM, "_loglikelihood_tokens", counting_ll)
     cache = tmp_path / "cache"
     with pytest.raises(Interrupted):

@@ -1,49 +1,44 @@
 """An lm-eval model for multiple-choice loglikelihoods: exact, context-sharing, and memory-bounded.
 
-:class:`FastHFLM` is lm-eval's own ``HFLM`` (tokenisation through ``_encode_pair``, BOS handling,
-left-truncation to ``max_length``, the cache hook, the evaluator are all lm-eval's) with only
-``_loglikelihood_tokens`` (and the ``auto`` batch-size probe) replaced. It computes what ``HFLM`` computes,
-in another order: float32 results differ only by kernel rounding (tiny test models: within 1e-4 of a
-float64-summed reference; Gemma 3 270M: ~1e-3 on sums of 20-40 tokens, like ``HFLM`` against itself at
-another batch size, see docs/results/zeroshot_fast_vs_hf_gemma3_270m.md). How:
+:class:`FastHFLM` is lm-eval's ``HFLM`` (tokenisation through ``_encode_pair``, BOS, left truncation to
+``max_length``, the cache hook, the evaluator: all lm-eval's) with ``_loglikelihood_tokens`` (and the ``auto``
+batch-size probe) replaced. It computes what ``HFLM`` computes in another order: float32 results differ by
+kernel rounding only (tiny test models: within 1e-4 of a float64-summed reference; Gemma 3 270M: ~1e-3 on
+sums of 20-40 tokens, like HFLM against itself at another batch size; docs/results/zeroshot_fast_vs_hf_*.md).
 
-**Context sharing by packing.** Requests are grouped by the tokens of their context as it enters the model
-(after lm-eval's left truncation). A group's context is put in one row once, followed by every choice's
-continuation tokens (without its last token, as lm-eval does). Each continuation gets the positions it would
-have without packing (restarting right after the context) and a 4D attention mask that lets it see the
-context and itself only: key ``k`` is visible from query ``q`` when ``k`` is in the context or in ``q``'s own
-continuation, and ``pos[k] <= pos[q]`` (plus ``pos[q] - pos[k] < sliding_window`` on sliding-window layers,
-the same rule transformers applies). Padding keys are invisible; padding queries see only padding, so no
-row is fully masked. A 4-choice HellaSwag document costs one pass over its context instead of four.
+**Context sharing by packing** (``fast_lm_pack``). Requests are grouped by their context tokens as they enter
+the model (after the truncation). A row holds a group's context once, then every choice's continuation
+(without its last token, as lm-eval does), each at the positions it would have alone (restarting after the
+context), under a 4D mask: key ``k`` is visible from query ``q`` when ``k`` is in the context or in ``q``'s
+own continuation, and ``pos[k] <= pos[q]`` (and ``pos[q] - pos[k] < sliding_window`` on sliding layers,
+transformers' rule). Padding sees only padding, so no row is fully masked. A 4-choice HellaSwag document
+costs one pass over its context instead of four.
 
-**Head at scored positions only, vocabulary sliced.** The model body (``get_decoder()``: final normed
-hidden states) runs on the rows; the LM head is applied only at the positions that predict continuation
-tokens, one vocabulary slice at a time, with the final-logit softcap (``config.final_logit_softcapping``,
-applied in the head's dtype like transformers does) and an online float32 log-sum-exp. ``is_greedy`` needs
-the argmax over the whole vocabulary: it is tracked slice by slice, a later slice winning only with a
-strictly larger logit, so ties go to the lowest index like ``torch.argmax``.
+**Head at scored positions only, vocabulary sliced.** The body (``get_decoder()``: final normed hidden
+states) runs on the rows; the LM head runs only at positions that predict continuation tokens, collected over
+body calls (``head_positions``), one vocabulary slice at a time, with the final-logit softcap (in the head's
+dtype, as transformers applies it) and an online float32 log-sum-exp. ``is_greedy``'s argmax is tracked
+slice by slice, a later slice winning only with a strictly larger logit: ties go to the lowest index, like
+``torch.argmax``.
 
-**Memory budget.** ``memory_budget_bytes`` (default 1 GiB) bounds what one model call allocates on top of
-the weights: an eighth (``logits_budget_bytes``) for the vocabulary-slice temporaries (the slice width is
-chosen so that a slice's head output plus its float32 copy fit), the rest for activations, estimated per
-call from the config (residual stream, q/k/v, MLP intermediates per token; attention scores and masks per
-query-key pair). Batches are cut by requests (``batch_size``) *and* by this estimate, so a larger
-``batch_size`` never exceeds it; a group whose choices do not fit one row is split over several rows (the
-context repeated). ``batch_size="auto"`` just lets the budget decide (no OOM probing). A single request
-whose row alone exceeds the budget still runs, alone (``stats.over_budget_rows`` counts them).
+**Memory budget.** ``memory_budget_bytes`` (default 1 GiB) bounds what one model call allocates besides the
+weights: an eighth (``logits_budget_bytes``) for vocabulary-slice temporaries (a slice's head output and its
+float32 copy), the rest for activations, estimated from the config (per token: residual stream, q/k/v, MLP;
+per query-key pair: attention scores, masks). Batches are cut by requests (``batch_size``) *and* by this
+estimate, so a larger ``batch_size`` never exceeds it; a group too big for one row is split over rows (the
+context repeated). ``batch_size="auto"`` lets the budget alone decide (no OOM probing). A request whose row
+alone exceeds the budget still runs, alone (``stats.over_budget_rows``).
 
-**Fallbacks (per model).** Packing needs a model whose body takes ``position_ids`` and a ready 4D mask
-(or a dict of them per layer type) and builds nothing else from positions: enabled for
-``fast_lm_pack.PACKED_FAMILIES`` (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt_neox)
-with eager or sdpa attention. Other models (OPT's learned positions, flash attention, unknown families) run
-unpacked: one right-padded row per request, no mask, as ``HFLM`` does, still with the head at scored
-positions only. On first use a probe (``fast_lm_pack.probe``: random tokens, a context longer than the
-sliding window) checks packed rows against unpacked ones and unpacked ones against the model's own logits;
-a disagreement switches to unpacked, or to ``HFLM``'s stock code, with a warning. Models whose head is not
-a Linear layer, and seq2seq models, use ``HFLM``'s code.
+**Fallbacks (per model).** Packing needs a body that takes ``position_ids`` and ready 4D masks and derives
+nothing else from positions: ``fast_lm_pack.PACKED_FAMILIES`` (llama, mistral, qwen2, qwen3, gemma, gemma2,
+gemma3_text, phi3, gpt_neox) with eager or sdpa attention. Others (OPT's learned positions, flash attention,
+unknown families) run unpacked: one right-padded row per request, no mask, as ``HFLM`` does, still with the
+head at scored positions only. On first use ``fast_lm_pack.probe`` checks packed rows against unpacked ones
+and those against the model's own logits; a disagreement falls back to unpacked rows, or to ``HFLM``'s code,
+with a warning. Heads that are not a Linear layer, and seq2seq models, use ``HFLM``'s code.
 
-Devices and dtypes: inputs go to the input embedding's device, hidden states to the head weight's; bf16 and
-fp16 weights work on CPU and GPU (masks in the model's dtype, log-sum-exp in float32).
+Inputs go to the input embedding's device, hidden states to the head weight's; bf16/fp16 weights work on CPU
+and GPU (masks in the model's dtype, log-sum-exp in float32).
 """
 
 from __future__ import annotations
@@ -60,7 +55,7 @@ from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
 from depthprune.errors import DepthpruneError
-from depthprune.evaluation.fast_lm_pack import Ending, Row, autocast, mask_layout, packed_masks, plan_rows, probe
+from depthprune.evaluation import fast_lm_pack as pk
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +65,10 @@ LOGITS_FRACTION = 8
 """The vocabulary-slice temporaries get budget // LOGITS_FRACTION (128 MiB of 1 GiB), activations the rest."""
 MIN_SLICE = 4096
 """Narrowest vocabulary slice a batch is allowed to force (caps the scored tokens per call)."""
+HEAD_POSITIONS = 1024
+"""Scored positions collected over body calls before one pass of the head over the vocabulary: the head's
+weight is streamed once per pass, so on CPU a few hundred positions a pass are ~3x cheaper per position
+than the ~50 of one batch of 8 requests. Their hidden states are small (1024 x hidden)."""
 MAX_SLICE = 16384
 """Widest vocabulary slice: on CPU a 16k-column head GEMM is faster than one over a 262k vocabulary, and smaller."""
 
@@ -86,6 +85,8 @@ class FastStats:
     tokens: int = 0  # padded input tokens fed to the body
     scored_tokens: int = 0
     head_positions: int = 0  # distinct positions the head ran at (choices share the first)
+    head_calls: int = 0  # vocabulary passes (scored positions of several body calls go through the head together)
+    head_slices: int = 0  # vocabulary slices over all passes
     max_call_tokens: int = 0  # padded tokens of the largest call (rows x length)
     max_est_activation_bytes: int = 0  # the largest per-call activation estimate
     max_logits_bytes: int = 0  # largest vocabulary-slice temporaries alive at once, from the real tensors
@@ -107,10 +108,13 @@ class FastHFLM(HFLM):
     ``pack``: None (default) packs when the family supports it and the probe agrees; False never packs;
     True packs for a supported family even if the probe disagrees (for debugging only).
     ``verify``: run the probe on first use (default True).
+    ``head_positions``: scored positions per head pass (default HEAD_POSITIONS; answers are final, and go to
+    the cache hook, when their head pass has run).
     """
 
     def __init__(self, pretrained, *, memory_budget_bytes: int = DEFAULT_BUDGET_BYTES,
-                 logits_budget_bytes: int | None = None, pack: bool | None = None, verify: bool = True, **kwargs):
+                 logits_budget_bytes: int | None = None, pack: bool | None = None, verify: bool = True,
+                 head_positions: int = HEAD_POSITIONS, **kwargs):
         if memory_budget_bytes <= 0 or (logits_budget_bytes is not None and not
                                         0 < logits_budget_bytes < memory_budget_bytes):
             raise DepthpruneError(f"memory budget {memory_budget_bytes} / logits budget {logits_budget_bytes}: "
@@ -120,21 +124,20 @@ class FastHFLM(HFLM):
         self.logits_budget_bytes = int(logits_budget_bytes or memory_budget_bytes // LOGITS_FRACTION)
         self.activation_budget_bytes = self.memory_budget_bytes - self.logits_budget_bytes
         self._pack_request = pack
+        self.head_positions = max(1, int(head_positions))
         self._verify = verify
         self._mode: str | None = None  # decided on first use
         self.stats = FastStats()
         self.probe_diffs: dict[str, float] = {}
 
-    # --- model pieces ---------------------------------------------------------------------------------------
-
     @property
     def _body(self):
-        model = self.model
+        """The decoder stack with its final norm (its last_hidden_state is the head's input)."""
         try:
-            body = model.get_decoder()
+            body = self.model.get_decoder()
         except (AttributeError, NotImplementedError):
             body = None
-        return body if body is not None and body is not model else model.base_model
+        return body if body is not None and body is not self.model else self.model.base_model
 
     @property
     def _input_device(self) -> torch.device:
@@ -145,11 +148,11 @@ class FastHFLM(HFLM):
         return self.mixed_precision_dtype or self.model.get_input_embeddings().weight.dtype
 
     def _mask_layout(self):
-        return mask_layout(self.model.config)
+        return pk.mask_layout(self.model.config)
 
     def _masks(self, pos: torch.Tensor, seg: torch.Tensor, layout):
         eager = getattr(self.model.config, "_attn_implementation", "eager") == "eager"
-        return packed_masks(pos, seg, layout, self._compute_dtype, eager)
+        return pk.packed_masks(pos, seg, layout, self._compute_dtype, eager)
 
     # --- cost model -----------------------------------------------------------------------------------------
 
@@ -200,7 +203,7 @@ class FastHFLM(HFLM):
     def _head_logits(self, h: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
         head = self.model.get_output_embeddings()
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        with autocast(h.device, self.mixed_precision_dtype):
+        with pk.autocast(h.device, self.mixed_precision_dtype):
             logits = F.linear(h, head.weight[v0:v1], None if head.bias is None else head.bias[v0:v1])
         if softcap:  # transformers applies it to the head's output, in the head's dtype
             logits = logits / softcap
@@ -230,6 +233,7 @@ class FastHFLM(HFLM):
             logits = raw.float()
             alive = raw.numel() * raw.element_size() + (0 if logits is raw else logits.numel() * 4)
             self.stats.max_logits_bytes = max(self.stats.max_logits_bytes, alive)
+            self.stats.head_slices += 1
             del raw
             m, idx = logits.max(dim=1)  # the first maximal index within the slice
             arg = torch.where(m > run_max, idx + v0, arg)  # strictly greater: an earlier slice keeps a tie
@@ -244,16 +248,16 @@ class FastHFLM(HFLM):
 
     # --- rows and batches ------------------------------------------------------------------------------------
 
-    def _plan(self, requests, packed: bool, req_cap: int) -> list[Row]:
-        rows, truncated = plan_rows(requests, self.max_length, packed, req_cap, self._row_cap())
+    def _plan(self, requests, packed: bool, req_cap: int) -> list[pk.Row]:
+        rows, truncated = pk.plan_rows(requests, self.max_length, packed, req_cap, self._row_cap())
         if truncated:
             log.warning("%d of %d requests are longer than max_length %d + 1 tokens: their contexts were "
                         "left-truncated, as HFLM does", truncated, len(requests), self.max_length)
         return rows
 
-    def _batches(self, rows: list[Row], req_cap: int):
+    def _batches(self, rows: list[pk.Row], req_cap: int):
         score_cap = self._score_cap()
-        batch: list[Row] = []
+        batch: list[pk.Row] = []
         n_req = n_score = 0
         for row in rows:
             if batch and (n_req + row.n_requests > req_cap or n_score + row.n_scored > score_cap
@@ -266,8 +270,8 @@ class FastHFLM(HFLM):
         if batch:
             yield batch
 
-    def _run_batch(self, batch: list[Row], packed: bool) -> list[tuple[Ending, torch.Tensor, torch.Tensor]]:
-        """One model call: per ending, per-token log-probs and greedy flags (CPU tensors)."""
+    def _hidden_batch(self, batch: list[pk.Row], packed: bool) -> pk.Pending:
+        """One body call: the final hidden state at each distinct scored position of the batch."""
         dev = self._input_device
         length = len(batch[0].tokens)
         ids = torch.zeros((len(batch), length), dtype=torch.long)
@@ -283,39 +287,55 @@ class FastHFLM(HFLM):
         if packed:
             pos, seg = pos.to(dev), seg.to(dev)
             kwargs = {"attention_mask": self._masks(pos, seg, self._layout), "position_ids": pos}
-        with torch.no_grad(), autocast(dev, self.mixed_precision_dtype):
+        with torch.no_grad(), pk.autocast(dev, self.mixed_precision_dtype):
             out = self._body(input_ids=ids, use_cache=False, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         del out, kwargs
         unique: dict[tuple[int, int], int] = {}
-        pair_pos, tg = [], []
+        part = pk.Pending([], [], [], None)
         for r, row in enumerate(batch):
             for e in row.endings:
-                pair_pos += [unique.setdefault((r, c), len(unique)) for c in e.cols]
-                tg += e.targets
+                part.pair_pos += [unique.setdefault((r, c), len(unique)) for c in e.cols]
+                part.targets += e.targets
+                part.endings.append(e)
         rr, cc = zip(*unique, strict=True)
-        h = hidden[torch.tensor(rr, device=hidden.device), torch.tensor(cc, device=hidden.device)]
-        del hidden
-        with torch.no_grad():
-            lp, greedy = self._score_hidden(h, torch.tensor(pair_pos), torch.tensor(tg))
-        lp, greedy = lp.cpu(), greedy.cpu()
+        part.h = hidden[torch.tensor(rr, device=hidden.device), torch.tensor(cc, device=hidden.device)]
         s = self.stats
         s.model_calls += 1
         s.rows += len(batch)
         s.tokens += ids.numel()
-        s.scored_tokens += len(tg)
-        s.head_positions += len(unique)
         s.max_call_tokens = max(s.max_call_tokens, ids.numel())
         est = self._est_bytes(len(batch), length)
         s.max_est_activation_bytes = max(s.max_est_activation_bytes, est)
         if len(batch) == 1 and est > self.activation_budget_bytes:
             s.over_budget_rows += 1
+        return part
+
+    def _score_pending(self, parts: list[pk.Pending]) -> list[tuple[pk.Ending, torch.Tensor, torch.Tensor]]:
+        """The head over the scored positions of several body calls at once: per ending, log-probs and greedy."""
+        offsets, n = [], 0
+        for p in parts:
+            offsets.append(n)
+            n += p.h.shape[0]
+        h = torch.cat([p.h for p in parts])
+        pair_pos = torch.tensor([i + off for p, off in zip(parts, offsets) for i in p.pair_pos])
+        targets = torch.tensor([t for p in parts for t in p.targets])
+        with torch.no_grad():
+            lp, greedy = self._score_hidden(h, pair_pos, targets)
+        lp, greedy = lp.cpu(), greedy.cpu()
+        self.stats.scored_tokens += len(targets)
+        self.stats.head_positions += n
+        self.stats.head_calls += 1
         out, k = [], 0
-        for row in batch:
-            for e in row.endings:
+        for p in parts:
+            for e in p.endings:
                 out.append((e, lp[k:k + len(e.targets)], greedy[k:k + len(e.targets)]))
                 k += len(e.targets)
         return out
+
+    def _run_batch(self, batch: list[pk.Row], packed: bool) -> list[tuple[pk.Ending, torch.Tensor, torch.Tensor]]:
+        """Body and head for one batch."""
+        return self._score_pending([self._hidden_batch(batch, packed)])
 
     # --- mode selection --------------------------------------------------------------------------------------
 
@@ -328,7 +348,7 @@ class FastHFLM(HFLM):
             mode = "hf"
         elif self._verify:
             t0 = time.perf_counter()
-            mode = probe(self, mode)
+            mode = pk.probe(self, mode)
             self.stats.probe_s = time.perf_counter() - t0
         self.stats.mode = mode
         return mode
@@ -353,9 +373,11 @@ class FastHFLM(HFLM):
         res: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, unit="req",
                     desc=f"loglikelihood ({self._mode})", smoothing=0.05)
-        for batch in self._batches(rows, req_cap):
+        pending: list[pk.Pending] = []
+
+        def flush():
             done = 0
-            for ending, lp, greedy in self._run_batch(batch, packed):
+            for ending, lp, greedy in self._score_pending(pending):
                 answer = (float(lp.double().sum()), bool(greedy.all()))
                 self.stats.requests += 1
                 for i in ending.requests:
@@ -363,6 +385,15 @@ class FastHFLM(HFLM):
                     if requests[i][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
                     done += 1
+            pending.clear()
             pbar.update(done)
+
+        head_batch = min(self.head_positions, self._score_cap())
+        for batch in self._batches(rows, req_cap):
+            pending.append(self._hidden_batch(batch, packed))
+            if sum(p.h.shape[0] for p in pending) >= head_batch:
+                flush()
+        if pending:
+            flush()
         pbar.close()
         return res

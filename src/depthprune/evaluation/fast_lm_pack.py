@@ -64,6 +64,16 @@ class Row:
         return sum(len(e.targets) for e in self.endings)
 
 
+@dataclass
+class Pending:
+    """Scored positions of one body call, waiting for the head: hidden states and (position, target) pairs."""
+
+    endings: list[Ending]
+    pair_pos: list[int]
+    targets: list[int]
+    h: torch.Tensor | None
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 

@@ -291,6 +291,7 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-paired", action="store_true", help="skip the paired speed runs")
+    ap.add_argument("--paired-only", action="store_true", help="only the paired speed runs")
     a = ap.parse_args()
     if a.worker:
         if a.worker.startswith("paired-"):
@@ -308,8 +309,8 @@ def main() -> None:
         data = {"limit": a.limit, "threads": a.threads, "configs": {}}
     WORK.mkdir(parents=True, exist_ok=True)
     keys = [key_of(*c) for c in CONFIGS]
-    if a.only:
-        keys = [k for k in keys if k in a.only.split(",")]
+    if a.only or a.paired_only:
+        keys = [k for k in keys if k in (a.only or "").split(",")]
     answers = {}
     for key in [key_of(*c) for c in CONFIGS]:
         f = WORK / f"{key}-limit{a.limit}-t{a.threads}.json"
@@ -322,8 +323,14 @@ def main() -> None:
         f = WORK / f"{key}-limit{a.limit}-t{a.threads}.json"
         print(f"{key}: running ({time.strftime('%H:%M:%S')})", flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-        subprocess.run([sys.executable, __file__, "--worker", key, "--limit", str(a.limit), "--threads",
-                        str(a.threads), "--out", str(f)], check=True, env=env)
+        done = subprocess.run([sys.executable, __file__, "--worker", key, "--limit", str(a.limit), "--threads",
+                               str(a.threads), "--out", str(f)], env=env)
+        if done.returncode:  # e.g. HFLM killed for memory on this shared machine: record it, go on, rerun later
+            data.setdefault("failed", {})[key] = f"exit {done.returncode} at {time.strftime('%H:%M')}"
+            print(f"{key}: failed ({data['failed'][key]}); rerun the script later to fill it in", flush=True)
+            write_json_atomic(path, data)
+            continue
+        data.get("failed", {}).pop(key, None)
         got = json.loads(f.read_text())
         data["configs"][key] = got["result"]
         answers[key] = got["answers"]
@@ -340,9 +347,15 @@ def main() -> None:
             continue
         f = WORK / f"paired-{dtype}-limit{a.limit}-t{a.threads}.json"
         print(f"paired-{dtype}: running ({time.strftime('%H:%M:%S')})", flush=True)
-        subprocess.run([sys.executable, __file__, "--worker", f"paired-{dtype}", "--limit", str(a.limit),
-                        "--threads", str(a.threads), "--out", str(f)], check=True,
-                       env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+        done = subprocess.run([sys.executable, __file__, "--worker", f"paired-{dtype}", "--limit", str(a.limit),
+                               "--threads", str(a.threads), "--out", str(f)],
+                              env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+        if done.returncode:
+            data.setdefault("failed", {})[f"paired-{dtype}"] = f"exit {done.returncode} at {time.strftime('%H:%M')}"
+            print(f"paired-{dtype}: failed; rerun the script later to fill it in", flush=True)
+            write_json_atomic(path, data)
+            continue
+        data.get("failed", {}).pop(f"paired-{dtype}", None)
         data["paired"][dtype] = json.loads(f.read_text())["result"]
         write_json_atomic(path, data)
         (RESULTS / f"{NAME}.md").write_text(markdown(data))

@@ -65,7 +65,7 @@ def test_bad_config_names_every_field_and_writes_nothing(files, tmp_path, capsys
     err = capsys.readouterr().err
     for expected in ("prune.targets.1.ratio: must be in (0, 1)", "prune.criterion: unknown criterion 'nope'",
                      "prune.schedul: unknown field; did you mean 'schedule'?", "retrain.0.lr: must be > 0",
-                     "retrain.0.text_field: applies to kind cpt only", "evaluate.zeroshot.tasks.1: unknown task",
+                     "retrain.0.text_field: applies to kinds cpt, kd only", "evaluate.zeroshot.tasks.1: unknown task",
                      "bench.runs: must be >= 1", "7 invalid fields"):
         assert expected in err, (expected, err)
     assert not runs.exists()

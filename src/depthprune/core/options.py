@@ -90,9 +90,13 @@ def flag_of(model: type[BaseModel], name: str) -> str:
 def _inner(annotation):
     """``X`` of ``X | None``; the annotation itself otherwise."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args:
-        return args[0]
+    if _is_union(annotation) and args:
+        return args[0] if len(args) == 1 else annotation  # several types: the caller reads it as text
     return annotation
+
+
+def _is_union(annotation) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def add_options(parser, model: type[BaseModel], exclude: tuple[str, ...] = (), only: tuple[str, ...] = (),
@@ -103,6 +107,8 @@ def add_options(parser, model: type[BaseModel], exclude: tuple[str, ...] = (), o
         if name in exclude or (only and name not in only) or (info.json_schema_extra or {}).get("cli") is False:
             continue
         kind = _inner(info.annotation)
+        if _is_union(kind):
+            kind = str  # e.g. int | Literal["auto"]: the model converts the text
         origin = typing.get_origin(kind)
         default = info.get_default(call_default_factory=True)
         shown = "" if default is None or isinstance(default, BaseModel) else f" (default: {_show(default)})"

@@ -10,7 +10,7 @@ from depthprune.core.options import FieldProblems, Options
 from depthprune.data.tokens import BOS_MODES
 from depthprune.errors import DepthpruneError
 from depthprune.evaluation.samples import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS
-from depthprune.evaluation.zeroshot import PAPER_TASKS, SOURCES, parse_tasks
+from depthprune.evaluation.zeroshot import BACKENDS, PAPER_TASKS, SOURCES, parse_tasks
 
 
 class PerplexitySettings(Options):
@@ -32,10 +32,23 @@ class ZeroShotOptions(Options):
     tasks: list[str] | None = Field(None, validate_default=True,
                                     description="task names (default: all 7: " + ", ".join(PAPER_TASKS) + ")")
     limit: int | None = Field(None, ge=1, description="score only the first N examples of each task")
-    batch_size: int = Field(8, ge=1, description="requests per forward pass")
+    batch_size: int | Literal["auto"] = Field(
+        8, description="requests per model call, or auto (fast backend: the largest its memory budget allows)")
+    backend: Literal[BACKENDS] = Field("fast", description="fast: shared contexts, LM head at scored tokens only, "
+                                                           "bounded memory (same numbers); hf: lm-eval's stock HFLM")
+    cache_dir: str | None = Field(None, json_schema_extra={"cli": "--eval-cache"},
+                                  description="keep every answer here as it is computed; a rerun with the same "
+                                              "directory resumes (one made for another model is refused)")
     source: Literal[SOURCES] = Field("auto", json_schema_extra={"cli": "--source"},
                                      description="auto: the local data directory when it has the task, else "
                                                  "lm-eval's hub task")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError(f"must be a positive integer or auto, got {v!r}")
+        return v
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -24,4 +24,4 @@ def zeroshot(model, tokenizer=None, *, quiet: bool = True, **options) -> ZeroSho
     opts = build(ZeroShotOptions, options)
     model, tokenizer = ensure_loaded(model, tokenizer)
     return evaluate_zeroshot(model, tokenizer, opts.tasks, limit=opts.limit, batch_size=opts.batch_size,
-                             source=opts.source, quiet=quiet)
+                             source=opts.source, quiet=quiet, backend=opts.backend, cache_dir=opts.cache_dir)

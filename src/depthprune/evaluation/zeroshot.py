@@ -21,6 +21,7 @@ from depthprune.data.sources import data_dir_candidates
 from depthprune.errors import DataNotFoundError, DepthpruneError
 from depthprune.evaluation.lm_eval_tasks import TASKS_DIR
 from depthprune.evaluation.lm_eval_tasks.local_data import DATA_FILES, data_files
+from depthprune.evaluation.zeroshot_cache import cache_identity, close_cache, open_cache
 
 PAPER_TASKS: tuple[str, ...] = (
     "boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
@@ -35,6 +36,7 @@ SHORT_NAMES: dict[str, str] = {
     "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA",
 }
 SOURCES = ("auto", "local", "hub")
+BACKENDS = ("fast", "hf")  # fast: FastHFLM (fast_lm.py); hf: lm-eval's stock HFLM
 LOCAL_PREFIX = "depthprune_"
 
 
@@ -62,11 +64,14 @@ class ZeroShotResult:
     average: float  # mean of the paper's metric over the evaluated tasks
     average_complete: bool  # True when all 7 paper tasks were evaluated on their full sets
     limit: int | None
-    batch_size: int
+    batch_size: int | str
     lm_eval_version: str
     add_bos_token: bool
     bos_prepended: bool  # whether the tokenizer actually starts its encodings with BOS
     wall_s: float
+    backend: str = "hf"
+    dtype: str = ""  # the model's weights dtype
+    cache_dir: str | None = None  # the resumable per-request cache, when one was used
 
     @property
     def source(self) -> str:
@@ -182,12 +187,21 @@ def _load_tasks(tasks: Sequence[str], sources: dict[str, str]):
     return loaded, tm
 
 
-def make_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = None):
-    """Wrap a live model and its tokenizer in lm-eval's HFLM (BOS requested; log-softmax in float32)."""
+def make_lm(model, tokenizer, batch_size: int | str = 8, max_length: int | None = None, backend: str = "hf", **kw):
+    """Wrap a live model and its tokenizer in lm-eval's HFLM (BOS requested; log-softmax in float32).
+
+    ``backend="fast"`` gives :class:`~depthprune.evaluation.fast_lm.FastHFLM` (same numbers, shared contexts,
+    bounded memory; ``kw`` are its options).
+    """
     from lm_eval.models.huggingface import HFLM  # heavy (~2 s): imported when zero-shot runs
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
-                max_length=max_length, add_bos_token=True, softmax_dtype=torch.float32)
+    if backend not in BACKENDS:
+        raise DepthpruneError(f"--backend {backend!r} is not one of: {', '.join(BACKENDS)}")
+    cls = HFLM
+    if backend == "fast":
+        from depthprune.evaluation.fast_lm import FastHFLM as cls  # heavy: subclasses lm-eval's HFLM (~2 s)
+    return cls(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
+               max_length=max_length, add_bos_token=True, softmax_dtype=torch.float32, **kw)
 
 
 def _bos_prepended(tokenizer) -> bool:
@@ -211,20 +225,26 @@ def _task_files(task: str, source: str) -> list[str]:
 
 
 def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None, limit: int | None = None,
-                      batch_size: int = 8, source: str = "auto", max_length: int | None = None,
-                      quiet: bool = True) -> ZeroShotResult:
+                      batch_size: int | str = 8, source: str = "auto", max_length: int | None = None,
+                      quiet: bool = True, backend: str = "fast", cache_dir: str | None = None) -> ZeroShotResult:
     """Zero-shot accuracy of a live model on the paper's commonsense tasks (all 7 by default).
 
     ``limit`` scores only the first N examples of each task (a quick look; the average is then partial).
     ``source``: ``auto`` (local data when found, else lm-eval's hub tasks), ``local`` or ``hub``.
+    ``backend``: ``fast`` (FastHFLM, fast_lm.py) or ``hf`` (lm-eval's stock HFLM). ``batch_size`` may be
+    ``"auto"`` (fast: as large as its memory budget allows). ``cache_dir`` keeps every answer as it is computed
+    (lm-eval's SQLite cache) so a stopped run resumes where it was; a directory made for another model is
+    refused (zeroshot_cache.py).
     """
     from lm_eval import simple_evaluate  # heavy (~2 s): imported when zero-shot runs
 
     names = parse_tasks(tasks)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DepthpruneError(f"--limit must be a positive integer (examples per task), got {limit!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DepthpruneError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise DepthpruneError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}")
+    if backend not in BACKENDS:
+        raise DepthpruneError(f"--backend {backend!r} is not one of: {', '.join(BACKENDS)}")
     sources = resolve_sources(names, source)
     was_training = model.training
     model.eval()
@@ -232,9 +252,16 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     try:
         with _quiet_lm_eval(quiet):
             loaded, tm = _load_tasks(names, sources)
-            lm = make_lm(model, tokenizer, batch_size, max_length)
-            out = simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=0, limit=limit,
-                                  task_manager=tm, log_samples=False)
+            lm = make_lm(model, tokenizer, batch_size, max_length, backend=backend)
+            use_cache = None
+            if cache_dir is not None:
+                use_cache = open_cache(cache_dir, cache_identity(model, tokenizer, backend, True, max_length))
+            try:
+                out = simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=0, limit=limit,
+                                      task_manager=tm, log_samples=False, use_cache=use_cache)
+            finally:
+                if use_cache is not None:
+                    close_cache(lm)
     finally:
         model.train(was_training)
     wall = time.perf_counter() - t0
@@ -243,7 +270,9 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     return ZeroShotResult(
         tasks=scores, average=sum(s.score for s in scores.values()) / len(scores), average_complete=complete,
         limit=limit, batch_size=batch_size, lm_eval_version=version("lm_eval"), add_bos_token=True,
-        bos_prepended=_bos_prepended(tokenizer), wall_s=wall,
+        bos_prepended=_bos_prepended(tokenizer), wall_s=wall, backend=backend,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        cache_dir=None if cache_dir is None else str(cache_dir),
     )
 
 

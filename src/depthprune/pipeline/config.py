@@ -139,8 +139,11 @@ def retrain_step(data: Any):
     if kind not in KINDS:
         raise FieldProblems([(("kind",), f"must be one of {', '.join(repr(k) for k in KINDS)}, got {kind!r}")])
     cls = STEP_CLASSES[kind]
-    problems = [((key,), f"applies to kind {other} only") for key in data if key not in cls.model_fields
-                and key != "kind" for other, (c, _) in KINDS.items() if other != kind and key in c.model_fields]
+    problems = []
+    for key in data:
+        owners = [other for other, (c, _) in KINDS.items() if key in c.model_fields]
+        if key != "kind" and key not in cls.model_fields and owners:
+            problems.append(((key,), f"applies to kind{'s' if len(owners) > 1 else ''} {', '.join(owners)} only"))
     problems += [((key,), "is set by the pipeline (from model: and the run directory); drop it")
                  for key in data if key in RUN_FIELDS]
     if kind == "lora" and data.get("merge") is False:

@@ -15,6 +15,7 @@ Each stage writes its outputs atomically and has one file (``marker``) whose pre
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from depthprune.core.io import write_json_atomic
 from depthprune.core.versions import library_versions
 from depthprune.evaluation.run import perplexity, zeroshot
 from depthprune.evaluation.samples import samples_json
+from depthprune.evaluation.zeroshot_cache import CacheMismatchError, cache_identity, open_cache
 from depthprune.importance.base import BlockScores
 from depthprune.importance.plot import plot_block_scores
 from depthprune.importance.scoring import score
@@ -140,8 +142,12 @@ def run_retrain(c: ExperimentConfig, step, src: Path, out: Path, ctx: StageConte
     RETRAIN_KINDS[step.kind][1](opts)
 
 
-def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
-    """PPL on every dataset (zero-shot accuracy, generation examples) of one model, as a JSON-ready dict."""
+def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root: Path | None = None) -> dict:
+    """PPL on every dataset (zero-shot accuracy, generation examples) of one model, as a JSON-ready dict.
+
+    Zero-shot answers are kept in ``cache_root/<label>`` (unless the config names a cache) so an interrupted
+    evaluation resumes; a cache left by other weights of the same label (a forced rerun) is replaced.
+    """
     ev = c.evaluate
     lm = load(c.model, src)
     entry = {"label": label, "path": str(src), "params": count_params(lm.model), "num_blocks": num_blocks(lm.model),
@@ -153,7 +159,15 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
             entry["ppl"][ds] = res.to_json()
             log(f"  {label}: {ds} PPL {res.ppl:.3f} ({res.windows} windows of {res.seq_len})")
     if ev.zeroshot is not None:
-        res = zeroshot(lm.model, lm.tokenizer, **ev.zeroshot.model_dump())
+        zs = ev.zeroshot.model_dump()
+        if zs["cache_dir"] is None and cache_root is not None:
+            zs["cache_dir"] = str(cache_root / label)
+            try:
+                open_cache(zs["cache_dir"], cache_identity(lm.model, lm.tokenizer, zs["backend"]))
+            except CacheMismatchError:
+                log(f"  {label}: zero-shot cache {zs['cache_dir']} is of other weights; starting it again")
+                shutil.rmtree(zs["cache_dir"])
+        res = zeroshot(lm.model, lm.tokenizer, **zs)
         entry["zeroshot"] = res.to_json()
         log(f"  {label}: zero-shot average {res.average * 100:.2f} over {', '.join(ev.zeroshot.tasks)}")
     if ev.samples is not None:
@@ -163,7 +177,7 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
 
 
 def run_eval(c: ExperimentConfig, models: list[tuple[str, Path | str]], out: Path, extra: dict) -> None:
-    results = [evaluate_model(c, label, src) for label, src in models]
+    results = [evaluate_model(c, label, src, out.parent / "zeroshot-cache") for label, src in models]
     write_json_atomic(out, {"experiment": extra, "final": models[-1][0], "results": results,
                             "settings": c.evaluate.model_dump(mode="json"), "seed": c.calibration.seed,
                             "versions": library_versions()})

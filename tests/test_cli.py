@@ -89,6 +89,13 @@ def test_score_then_prune_with_reused_scores(capsys, tmp_path, tiny_dirs):
         model = AutoModelForCausalLM.from_pretrained(out_dir)
         assert model.config.num_hidden_layers == 6 - k and len(model.config.layer_types) == 6 - k
         assert (out_dir / "scores.png").exists()
+    # a pruned model's pruning.json serves as a scores file for the next target of the same source
+    code, out, _ = run_cli(capsys, "prune", "--model", str(tiny_dirs["qwen3"]), "--scores",
+                           str(tmp_path / "k1" / "pruning.json"), "--num-blocks", "3", "--output",
+                           str(tmp_path / "k3b"), "--eval-windows", "2")
+    assert code == 0
+    again = json.loads((tmp_path / "k3b" / "pruning.json").read_text())
+    assert again["removed_blocks"] == json.loads((tmp_path / "k3" / "pruning.json").read_text())["removed_blocks"]
 
 
 def test_scores_from_another_model_rejected(capsys, tmp_path, tiny_dirs):

@@ -58,11 +58,15 @@ class BlockScores:
 
     @classmethod
     def load(cls, path: str | Path) -> BlockScores:
+        """Scores from a ``depthprune score`` file, or from a pruned model's ``pruning.json``."""
         path = Path(path)
         if not path.is_file():
             raise DepthpruneError(f"--scores {path}: no such file")
         try:
-            return cls.from_json(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("scores"), dict):  # a pruned model's pruning.json
+                data = data["scores"]
+            return cls.from_json(data)
         except (json.JSONDecodeError, TypeError) as exc:
             raise DepthpruneError(f"--scores {path}: not a depthprune scores file ({exc})") from None
 

@@ -1,0 +1,139 @@
+"""The paper's 7-task zero-shot table on Gemma 3 270M: dense, ppl one-shot 4 and 6 blocks, iterative 4, 4 + CPT.
+
+Each (model, task) is one ``depthprune eval zeroshot --resume`` process (full task set, FastHFLM, float32,
+``--batch-size auto``) writing ``docs/results/zeroshot/<model>/<task>.json``; a finished pair is skipped and an
+interrupted one resumes from its answer cache (``<task>.json.cache``, gitignored), so the table fills in over
+several sittings. Missing models are made first with the commands below (the CPT recipe of
+docs/results/retrain_gemma3_270m.md). Then ``docs/results/zeroshot_gemma3_270m.md`` is written from whatever is
+finished (a model's average only once all 7 tasks are).
+
+    nice -n 10 python experiments/zeroshot_tables.py                 # many hours on a 2-core CPU; rerun resumes
+    python experiments/zeroshot_tables.py --report-only              # rewrite the Markdown from the JSON
+    python experiments/zeroshot_tables.py --models dense --tasks piqa,boolq   # a part
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS
+
+from depthprune.evaluation.zeroshot import PAPER_TASKS, SHORT_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = RESULTS / "zeroshot"
+RUNS = ROOT / "runs"
+# label -> (model source, the commands that make it when missing)
+MODELS: dict[str, tuple[str, list[list[str]]]] = {
+    "dense": ("gemma-3-270m", []),
+    "ppl-4": ("runs/p4", [["prune", "--criterion", "ppl", "--num-blocks", "4", "--output", "runs/p4"]]),
+    "ppl-4+cpt20k": ("runs/p4-cpt", [["retrain", "cpt", "--model", "runs/p4", "--data", "c4_sample", "--seq-len",
+                                      "256", "--batch-size", "4", "--micro-batch-size", "4", "--max-tokens",
+                                      "20000", "--output", "runs/p4-cpt"]]),
+    "ppl-6": ("runs/p6", [["prune", "--scores", "runs/p4/pruning.json", "--num-blocks", "6", "--output", "runs/p6"]]),
+    "ppl-4-iterative": ("runs/i4", [["prune", "--criterion", "ppl", "--schedule", "iterative", "--num-blocks", "4",
+                                     "--output", "runs/i4"]]),
+}
+ORDER = ("piqa", "boolq", "arc_easy", "arc_challenge", "openbookqa", "winogrande", "hellaswag")  # card's first
+CARD = {"piqa": 67.7, "boolq": 61.4, "arc_easy": 57.7}  # Google's gemma-3-270m model card, zero-shot
+
+
+def depthprune(args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "depthprune.cli", *args]
+    print("$ depthprune " + " ".join(args), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def ensure_model(label: str) -> str:
+    source, make = MODELS[label]
+    if make and not (ROOT / source / "config.json").exists():
+        for args in make:
+            if not (ROOT / args[args.index("--output") + 1] / "config.json").exists():
+                depthprune(args)
+    return source
+
+
+def run_task(label: str, task: str, dtype: str) -> None:
+    out = OUT / label / f"{task}.json"
+    if out.exists():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = ensure_model(label)
+    t0 = time.time()
+    depthprune(["eval", "zeroshot", "--model", source, "--tasks", task, "--dtype", dtype, "--backend", "fast",
+                "--batch-size", "auto", "--json", str(out), "--resume"])
+    print(f"{label}/{task}: {time.time() - t0:.0f} s", flush=True)
+
+
+def load(label: str) -> dict[str, dict]:
+    d = OUT / label
+    return {t: json.loads((d / f"{t}.json").read_text()) for t in PAPER_TASKS if (d / f"{t}.json").exists()}
+
+
+def pct(v, se) -> str:
+    return "–" if v is None else f"{v * 100:.2f} ± {se * 100:.2f}" if se is not None else f"{v * 100:.2f}"
+
+
+def report() -> None:
+    lines = ["# Zero-shot, 7 commonsense tasks (Gemma 3 270M, float32, full task sets)", "",
+             "lm-eval 0.4 through `depthprune eval zeroshot` (FastHFLM backend, whose per-request answers equal "
+             "lm-eval's HFLM: tests/test_zeroshot_fast.py), local task files over `../shared/data`, zero-shot, BOS "
+             "before every request. Paper metric per task: acc_norm for HellaSwag, ARC-e, ARC-c, OBQA and PIQA; acc "
+             "for BoolQ and WinoGrande. Rows fill in as the runs finish; a dash is a task not yet run.", "",
+             "| model | " + " | ".join(SHORT_NAMES[t] for t in PAPER_TASKS) + " | Avg |",
+             "|---|" + "---:|" * (len(PAPER_TASKS) + 1)]
+    detail = []
+    for label in MODELS:
+        res = load(label)
+        cells = []
+        for t in PAPER_TASKS:
+            s = res.get(t, {}).get("tasks", {}).get(t)
+            cells.append("–" if s is None else f"{s['score'] * 100:.2f}")
+        scores = [res[t]["tasks"][t]["score"] for t in PAPER_TASKS if t in res]
+        avg = f"**{sum(scores) / len(scores) * 100:.2f}**" if len(scores) == len(PAPER_TASKS) else "–"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {avg} |")
+        for t, r in res.items():
+            s = r["tasks"][t]
+            detail.append(f"| {label} | {SHORT_NAMES[t]} | {s['n']} | {pct(s['acc'], s['acc_stderr'])} | "
+                          f"{pct(s['acc_norm'], s['acc_norm_stderr'])} | {r['wall_s'] / 60:.1f} |")
+    lines += ["", "Per task (%, ± standard error) and wall time on the shared 2-core CPU:", "",
+              "| model | task | n | acc | acc_norm | wall (min) |", "|---|---|---:|---:|---:|---:|", *detail]
+    dense = load("dense")
+    if dense:
+        lines += ["", "Dense model against Google's card for gemma-3-270m (zero-shot):", "",
+                  "| task | card | here | gap |", "|---|---:|---:|---:|"]
+        for t, card in CARD.items():
+            if t in dense:
+                here = dense[t]["tasks"][t]["score"] * 100
+                lines.append(f"| {SHORT_NAMES[t]} | {card:.1f} | {here:.2f} | {here - card:+.2f} |")
+    lines += ["", "Models: " + "; ".join(f"**{k}** `{v[0]}`" + (" from `depthprune " + " ".join(v[1][0]) + "`"
+                                                                    if v[1] else "") for k, v in MODELS.items()),
+              "", "Reproduce: `nice -n 10 python experiments/zeroshot_tables.py` (resumes; "
+                  "`--report-only` rewrites this file)."]
+    path = RESULTS / "zeroshot_gemma3_270m.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS), help="labels, comma-separated")
+    p.add_argument("--tasks", default=",".join(ORDER), help="in the order run (the card's tasks first)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--report-only", action="store_true")
+    a = p.parse_args()
+    if not a.report_only:
+        for label in a.models.split(","):
+            for task in a.tasks.split(","):
+                run_task(label, task, a.dtype)
+                report()
+    report()
+
+
+if __name__ == "__main__":
+    main()

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from _common import RESULTS, WINDOWS, PPLCache, paper_windows
 
-from depthprune.speed import make_prompt, measure_setting
 from depthprune.data import CalibrationSpec, build_calibration
 from depthprune.importance import score_model
 from depthprune.models import block_params, count_params, load_model
 from depthprune.pruning import Target, blocks_removed, resolve_protection, select_blocks
 from depthprune.pruning.width import plan_width, prune_width, score_width
+from depthprune.speed import make_prompt, measure_setting
 
 DEPTH = ["taylor+", "ppl"]
 WIDTH = ["wanda-sp", "taylor-sp"]

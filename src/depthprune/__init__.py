@@ -11,6 +11,7 @@ The public API, one call per stage (each also takes a model source string where 
     dp.zeroshot(model, tok, tasks=["piqa"], limit=100)
     dp.bench([model, "runs/p4"], batch_sizes=[1], output_lengths=[128])
     dp.retrain(model, tok, kind="lora", data="alpaca_demo", max_steps=10)
+    dp.quantize("runs/p4", output="runs/p4-w4", bits=4, group_size=128)   # needs the quant extra
 
 Names are imported on first use, so ``import depthprune`` stays light.
 """
@@ -26,6 +27,7 @@ _API = {
     "score": "depthprune.importance.scoring",
     "prune": "depthprune.pruning.run",
     "retrain": "depthprune.retrain.run",
+    "quantize": "depthprune.quantize.run",
     "perplexity": "depthprune.evaluation.run",
     "zeroshot": "depthprune.evaluation.run",
     "bench": "depthprune.speed.runner",
@@ -34,6 +36,7 @@ _API = {
     "CalibrationSpec": "depthprune.data.calibration",
     "PruneResult": "depthprune.pruning.prune",
     "RetrainResult": "depthprune.retrain.run",
+    "QuantizeResult": "depthprune.quantize.run",
     "DepthpruneError": "depthprune.errors",
 }
 __all__ = sorted(_API) + ["__version__"]

@@ -173,6 +173,22 @@ def test_cli_eval_ppl_zeroshot_and_bench_on_quantized_dir(files, quantized, tmp_
     assert "| model | in memory | dtype | on disk | stored as |" in report and "dequantized to float32" in report
 
 
+@needs_lib
+def test_live_model_is_quantized_from_a_copy(files, quantized, tmp_path):
+    model, tok = dp.load(str(files["gemma3_text"]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(dp.DepthpruneError, match="needs its tokenizer"):
+        dp.quantize(model, output=tmp_path / "none", log=None, **calib(files))
+    res = dp.quantize(model, tok, output=tmp_path / "live", log=None, **calib(files))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's model untouched
+    assert res.info["source_model"] == str(files["gemma3_text"]) and res.info["source_dir"] is None
+    with safe_open(res.output / "model.safetensors", "pt") as f, \
+            safe_open(quantized["gemma3_text"].output / "model.safetensors", "pt") as g:
+        assert set(f.keys()) == set(g.keys())  # the same checkpoint as quantizing the directory
+        assert torch.equal(f.get_tensor("model.layers.0.mlp.down_proj.weight_packed"),
+                           g.get_tensor("model.layers.0.mlp.down_proj.weight_packed"))
+
+
 # --- bad inputs: each fails clearly and leaves nothing at --output -------------------------------------------------
 
 

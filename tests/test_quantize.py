@@ -159,10 +159,12 @@ def test_cli_eval_ppl_zeroshot_and_bench_on_quantized_dir(files, quantized, tmp_
     assert json.loads((tmp_path / "cli" / "quantization.json").read_text())["calibration"]["samples"] == 8
     assert main(["eval", "ppl", "--model", str(out), "--dataset", str(files["text"]), "--seq-len", "32", "--limit",
                  "4", "--json", str(tmp_path / "ppl.json")]) == 0
-    assert math.isfinite(json.loads((tmp_path / "ppl.json").read_text())["ppl"])
+    written = json.loads((tmp_path / "ppl.json").read_text())
+    assert math.isfinite(written["ppl"]) and written["quantization"]["in_memory"] == "dequantized to float32 at load"
     assert main(["eval", "zeroshot", "--model", str(out), "--tasks", "piqa", "--limit", "3", "--source", "local",
                  "--json", str(tmp_path / "zs.json")]) == 0
-    assert json.loads((tmp_path / "zs.json").read_text())["tasks"]["piqa"]["n"] == 3
+    written = json.loads((tmp_path / "zs.json").read_text())
+    assert written["tasks"]["piqa"]["n"] == 3 and written["quantization"]["bits"] == 4
     result = dp.bench([str(files["llama"]), str(out)], batch_sizes=[1], output_lengths=[2], warmup=0, runs=1,
                       log=None)
     base, quant = (m["weights"] for m in result["models"])
@@ -284,6 +286,7 @@ def test_pipeline_prune_quantize_eval_and_resume(files, tmp_path, capsys):
     assert (qdir / "pruning.json").read_text() == (root / "pruned" / "pruning.json").read_text()
     results = json.loads((root / "eval.json").read_text())["results"]
     assert [r["label"] for r in results] == ["pruned", "quantized"]
+    assert "quantization" not in results[0] and results[1]["quantization"]["bits"] == 4
     p_float, p_quant = (r["ppl"][str(files["text"])]["ppl"] for r in results)
     assert abs(math.log(p_quant / p_float)) < PPL_TOLERANCE
     rows = {r.stage: r for r in collect_experiment(root).results}

@@ -154,6 +154,8 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path) -> dict:
     lm = load(c.model, src)
     entry = {"label": label, "path": str(src), "params": count_params(lm.model), "num_blocks": num_blocks(lm.model),
              "ppl": {}, "zeroshot": None}
+    if getattr(lm.model, "depthprune_quantization", None):  # evaluated dequantized to float (see models/quantized)
+        entry["quantization"] = lm.model.depthprune_quantization
     if ev.ppl is not None:
         settings = ev.ppl.model_dump(exclude={"datasets"})
         for ds in ev.ppl.datasets:

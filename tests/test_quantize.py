@@ -205,6 +205,11 @@ def test_unsupported_bits_and_existing_output_refused(files, tmp_path, capsys):
     assert main(["quantize", "--model", str(files["llama"]), "--output", str(out)]) == 2
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    src = files["llama"]
+    before = sorted(p.name for p in src.iterdir())
+    assert main(["quantize", "--model", str(src), "--output", str(src), "--overwrite"]) == 2
+    assert "is the source model's directory" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == before
 
 
 def test_missing_library_is_one_line_naming_the_install(files, tmp_path, capsys, monkeypatch):

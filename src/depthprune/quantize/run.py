@@ -99,10 +99,13 @@ def _float_copy(model, tokenizer, opts: QuantizeOptions, tmp: Path, cache_dir) -
         _check_source(src_dir)
     lm = load_model(source, dtype=opts.dtype, device=opts.device, cache_dir=cache_dir)
     _check_source(src_dir, lm.model.config)
-    if not Path(getattr(lm.model.config, "_name_or_path", "") or "/nonexistent").is_dir():  # .gguf, hub id
+    loaded_from = Path(getattr(lm.model.config, "_name_or_path", "") or "/nonexistent")
+    if not loaded_from.is_dir():  # .gguf, hub id
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         lm = load_model(str(tmp), dtype=opts.dtype, device=opts.device)
+    elif src_dir is None:  # the embedded model: its cached checkpoint
+        src_dir = loaded_from
     return lm, lm.source if source is None else source, src_dir
 
 
@@ -133,12 +136,12 @@ def quantize(model=None, tokenizer=None, *, output: str | os.PathLike, overwrite
     start = time.perf_counter()
     opts = build(QuantizeOptions, options, where="quantize.")
     out = check_output_dir(output, overwrite)
+    if isinstance(model, (str, os.PathLike)) and Path(model).expanduser().resolve() == out.resolve():
+        raise DepthpruneError(f"--output {out} is the source model's directory; choose another path")
     require_library()
     tmp = Path(tempfile.mkdtemp(prefix="depthprune-float-"))
     try:
         lm, source, src_dir = _float_copy(model, tokenizer, opts, tmp, cache_dir)
-        if src_dir is not None and src_dir.resolve() == out.resolve():
-            raise DepthpruneError(f"--output {out} is the source model's directory; choose another path")
         layers = quantized_layers(lm.model)
         check_group_size(layers, opts.group_size)
         params = _param_record(lm.model, layers)

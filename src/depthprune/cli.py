@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from depthprune.commands import bench, ppl, prune, report, retrain, run, samples, score, zeroshot
+from depthprune.commands import bench, ppl, prune, quantize, report, retrain, run, samples, score, zeroshot
 from depthprune.errors import DepthpruneError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.register(sub)
     bench.register(sub)
     retrain.register(sub)
+    quantize.register(sub)
     run.register(sub)
     report.register(sub)
     return parser

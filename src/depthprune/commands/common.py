@@ -34,6 +34,12 @@ def load_from_args(args) -> LoadedModel:
     return load_model(m.source, dtype=m.dtype, device=m.device, cache_dir=m.cache_dir)
 
 
+def quantization_record(model) -> dict:
+    """``{"quantization": ...}`` for a model loaded from a quantized checkpoint (dequantized at load), else {}."""
+    info = getattr(model, "depthprune_quantization", None)
+    return {"quantization": info} if info else {}
+
+
 def positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return

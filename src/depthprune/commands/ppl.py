@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from depthprune.commands.common import add_eval_parser, load_from_args
+from depthprune.commands.common import add_eval_parser, load_from_args, quantization_record
 from depthprune.core.io import write_json_atomic
 from depthprune.core.options import build, given_options
 from depthprune.evaluation.options import PerplexityOptions
@@ -21,7 +21,7 @@ def run(args) -> int:
     build(PerplexityOptions, options, flags=True)  # bad numbers fail before the model loads
     lm = load_from_args(args)
     res = perplexity(lm.model, lm.tokenizer, **options)
-    out = res.to_json() | {"model": lm.source}
+    out = res.to_json() | {"model": lm.source} | quantization_record(lm.model)
     print(json.dumps(out, indent=2))
     print(res.summary())
     if args.json:

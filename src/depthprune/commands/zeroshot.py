@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from depthprune.commands.common import add_eval_parser, load_from_args
+from depthprune.commands.common import add_eval_parser, load_from_args, quantization_record
 from depthprune.core.io import write_json_atomic
 from depthprune.core.options import build, given_options
 from depthprune.errors import DepthpruneError
@@ -33,6 +33,6 @@ def run(args) -> int:
           + (f", first {opts.limit} examples per task" if opts.limit else "") + ")\n")
     print(res.to_markdown())
     if args.json:
-        write_json_atomic(args.json, res.to_json() | {"model": lm.source})
+        write_json_atomic(args.json, res.to_json() | {"model": lm.source} | quantization_record(lm.model))
         print(f"\nwrote {args.json}")
     return 0

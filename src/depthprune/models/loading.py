@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from depthprune.core.skip import make_pruned_class
 from depthprune.errors import DepthpruneError
 from depthprune.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_in_dtype
 from depthprune.models.placement import _device_map, _effective_device, resolve_dtype
+from depthprune.models.quantized import dequantize_kwargs, mark_dequantized, quantization_of, weight_files
 from depthprune.models.specs import num_layers_key, spec_for
 
 log = logging.getLogger(__name__)
@@ -119,13 +121,25 @@ def _placed(kwargs: dict, config) -> dict:
 
 
 def _load_dir(path: Path, kwargs: dict, source: str) -> LoadedModel:
+    if not weight_files(path):
+        raise DepthpruneError(f"--model {path}: directory has config.json but no weights (*.safetensors / *.bin); "
+                              "point at a complete checkpoint written by save_pretrained")
     config = AutoConfig.from_pretrained(path)
     kwargs = _placed(kwargs, config)
-    if getattr(config, "depthprune_removed_modules", None):
-        model = load_module_pruned(path, config, kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    quant = quantization_of(config)
+    if quant is not None:
+        kwargs |= dequantize_kwargs(path, quant)
+    with warnings.catch_warnings():  # ours overrides the checkpoint's loading attributes on purpose
+        warnings.filterwarnings("ignore", message=".*already has a `quantization_config`")
+        if getattr(config, "depthprune_removed_modules", None):
+            model = load_module_pruned(path, config, kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     _check_supported(model)
+    if "quantization_config" in kwargs:
+        info = mark_dequantized(model, path, quant)
+        log.warning("%s: %s-bit %s checkpoint, %s (transformers has no integer kernels for it; the disk size is "
+                    "what shrinks)", source, info["bits"], info["format"], info["in_memory"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     return _loaded(model, tokenizer, source)
 

@@ -1,9 +1,10 @@
 """The experiment YAML schema: the stages' own options composed (unknown keys refused); loading is in load.py.
 
 Each block reuses the options model of its stage (``model:`` = ModelOptions, ``calibration:`` = CalibrationSpec,
-``prune:`` = PruneOptions + targets, ``retrain:`` = LoraOptions / CptOptions by ``kind``, ``evaluate:`` =
-perplexity and zero-shot settings, ``bench:`` = BenchOptions), so a default or a rule is defined once, beside its
-stage. Only what the pipeline adds lives here: several targets, variants, directory names, local paths.
+``prune:`` = PruneOptions + targets, ``retrain:`` = LoraOptions / CptOptions by ``kind``, ``quantize:`` =
+QuantizeOptions, ``evaluate:`` = perplexity and zero-shot settings, ``bench:`` = BenchOptions), so a default or a
+rule is defined once, beside its stage. Only what the pipeline adds lives here: several targets, variants,
+directory names, local paths.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from depthprune.data.calibration import CalibrationSpec
 from depthprune.evaluation.options import PerplexitySettings, SamplesOptions, ZeroShotOptions
 from depthprune.models.options import ModelOptions
 from depthprune.pruning.options import PruneOptions, TargetOptions, target_label
+from depthprune.quantization.options import QuantizeOptions
 from depthprune.retraining.run import KINDS
 from depthprune.speed.options import BenchOptions
 
@@ -191,6 +193,15 @@ class EvaluateSpec(Options):
         return out
 
 
+class QuantizeSpec(QuantizeOptions):
+    """Quantize the final model of every target (after retraining) into ``<t>/quantized/``."""
+
+    @field_validator("calib")
+    @classmethod
+    def _paths(cls, v: str, info: ValidationInfo) -> str:
+        return local_path(v, info)
+
+
 class BenchSpec(BenchOptions):
     baseline: bool = Field(True, description="benchmark the unpruned model first (speedups are against it)")
 
@@ -214,6 +225,7 @@ class ExperimentConfig(Options):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     prune: PruneSpec | None = None
     retrain: list[Any] = Field(default_factory=list)
+    quantize: QuantizeSpec | None = None
     evaluate: EvaluateSpec | None = None
     bench: BenchSpec | None = None
     variants: dict[VariantName, VariantSpec] = Field(default_factory=dict)

@@ -7,7 +7,9 @@ target, ``<leaf>/<target label>`` for several)::
     <leaf>/config.yaml, scores.json (+ scores.png)      one-shot depth pruning: scored once for every target
     <t>/pruned/                                         checkpoint + pruning.json (+ scores.png)
     <t>/retrained/<i>-<kind>/                           checkpoint, retrain.json, train_log.jsonl, checkpoints/
-    <t>/eval.json                                       PPL / zero-shot of the final model (or of every stage)
+    <t>/quantized/                                      the final model quantized (quantization.json), if asked
+    <t>/eval.json                                       PPL / zero-shot of the final model (or of every stage),
+                                                        and of its quantized copy
 
 Each stage writes its outputs atomically and has one file (``marker``) whose presence says it finished.
 """
@@ -35,12 +37,13 @@ from depthprune.pipeline.config import ExperimentConfig, Leaf, ModelConfig, Targ
 from depthprune.pipeline.stagelog import config_hash
 from depthprune.pruning.options import PruneOptions
 from depthprune.pruning.run import prune
+from depthprune.quantization.run import QUANT_FILE, quantize
 from depthprune.retraining.checkpoint import list_checkpoints
 from depthprune.retraining.run import KINDS as RETRAIN_KINDS
 from depthprune.speed.options import BenchOptions
 from depthprune.speed.runner import run_benchmark
 
-KINDS = ("baseline", "score", "prune", "retrain", "eval", "bench")
+KINDS = ("baseline", "score", "prune", "retrain", "quantize", "eval", "bench")
 SCORES_FILE = "scores.json"
 EVAL_FILE = "eval.json"
 BENCH_FILE = "bench.json"
@@ -78,6 +81,7 @@ class FinalModel:
     label: str  # "pruned" or "retrained/2-lora"
     path: Path
     stage_id: str
+    quantized: tuple[Path, str] | None = None  # (directory, stage id) of its quantized copy
 
 
 def join(*parts: str) -> str:
@@ -142,6 +146,11 @@ def run_retrain(c: ExperimentConfig, step, src: Path, out: Path, ctx: StageConte
     RETRAIN_KINDS[step.kind][1](opts)
 
 
+def run_quantize(c: ExperimentConfig, src: Path, out: Path) -> None:
+    quantize(str(src), output=out, overwrite=True, cache_dir=c.model.cache_dir, log=lambda msg: log(f"  {msg}"),
+             **c.quantize.model_dump())
+
+
 def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root: Path | None = None) -> dict:
     """PPL on every dataset (zero-shot accuracy, generation examples) of one model, as a JSON-ready dict.
 
@@ -152,6 +161,8 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
     lm = load(c.model, src)
     entry = {"label": label, "path": str(src), "params": count_params(lm.model), "num_blocks": num_blocks(lm.model),
              "ppl": {}, "zeroshot": None}
+    if getattr(lm.model, "depthprune_quantization", None):  # evaluated dequantized to float (see models/quantized)
+        entry["quantization"] = lm.model.depthprune_quantization
     if ev.ppl is not None:
         settings = ev.ppl.model_dump(exclude={"datasets"})
         for ds in ev.ppl.datasets:
@@ -269,16 +280,25 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
                                 [rdir]))
             chain.append((f"retrained/{name}", rdir, sid))
         final = chain[-1]
+        quantized = None
+        if c.quantize is not None:
+            qdir, sid = tdir / "quantized", join(key, "quantize")
+            cfg = {"quantize": c.quantize.model_dump(mode="json"), "input": final[0]}
+            stages.append(Stage(sid, "quantize", cfg, [final[2]], qdir / QUANT_FILE,
+                                lambda ctx, src=final[1], qdir=qdir: run_quantize(c, src, qdir), [qdir]))
+            quantized = ("quantized", qdir, sid)
         if c.evaluate is not None:
-            models = [(label, path) for label, path, _ in (chain if c.evaluate.every_stage else [final])]
+            evaluated = (chain if c.evaluate.every_stage else [final]) + ([quantized] if quantized else [])
+            models = [(label, path) for label, path, _ in evaluated]
             cfg = {"evaluate": c.evaluate.stage_dump({"baseline"}),
                    "models": [label for label, _ in models],
                    "model": {"dtype": c.model.dtype, "device": c.model.device}}
             out = tdir / EVAL_FILE
-            stages.append(Stage(join(key, "eval"), "eval", cfg, [final[2]], out,
+            deps = [final[2]] + ([quantized[2]] if quantized else [])
+            stages.append(Stage(join(key, "eval"), "eval", cfg, deps, out,
                                 lambda ctx, models=models, out=out, extra=extra: run_eval(c, models, out, extra),
                                 [out]))
-        finals.append(FinalModel(key, final[0], final[1], final[2]))
+        finals.append(FinalModel(key, final[0], final[1], final[2], quantized[1:] if quantized else None))
     return stages
 
 
@@ -299,11 +319,15 @@ def build_stages(root: Path, cfg: ExperimentConfig, leaves: list[Leaf]) -> tuple
         stages += leaf_stages(root, leaf, finals)
     if first.bench is not None:
         models = ([("base", first.model.source)] if first.bench.baseline else [])
-        models += [(f.key or "pruned", str(f.path)) for f in finals]
+        for f in finals:
+            models.append((f.key or "pruned", str(f.path)))
+            if f.quantized is not None:
+                models.append((join(f.key, "quantized"), str(f.quantized[0])))
         out = root / BENCH_FILE
         conf = {"bench": first.bench.model_dump(mode="json"), "model": model_config(first.model),
                 "models": [label for label, _ in models]}
-        stages.append(Stage("bench", "bench", conf, [f.stage_id for f in finals], out,
+        deps = [f.stage_id for f in finals] + [f.quantized[1] for f in finals if f.quantized is not None]
+        stages.append(Stage("bench", "bench", conf, deps, out,
                             lambda ctx, out=out: run_bench(first, models, out), [out]))
     return stages, finals
 

@@ -22,8 +22,8 @@ class ModelResult:
     experiment: str
     variant: str | None
     target: str | None
-    stage: str  # base | pruned | retrained/<i>-<kind>
-    chain: str = ""  # retraining up to this stage, e.g. "cpt→lora"
+    stage: str  # base | pruned | retrained/<i>-<kind> | quantized
+    chain: str = ""  # retraining (and quantization) up to this stage, e.g. "cpt→lora", "cpt→w4"
     source: str = ""
     method: str | None = None
     criterion: str | None = None
@@ -214,6 +214,13 @@ def collect_experiment(root: str | Path) -> ExperimentData:
                 r.tokens_seen = (info.get("result") or {}).get("tokens_seen")
                 _from_eval(r, by_label.get(label))
                 exp.results.append(r)
+            else:  # every step done: the final model's quantized copy, when the experiment made one
+                quant = _json(tdir / "quantized" / "quantization.json") if _join(key, "quantize") in done else None
+                if quant:
+                    r = ModelResult(stage="quantized", chain="→".join(kinds + [f"w{quant.get('bits')}"]),
+                                    path=str(tdir / "quantized"), **common)
+                    _from_eval(r, by_label.get("quantized"))
+                    exp.results.append(r)
         if sset is not None:
             exp.score_sets.append(sset)
     if "bench" in done:

@@ -105,6 +105,13 @@ def markdown_report(result: dict) -> str:
         "",
         markdown_table(result),
     ]
+    weights = [m for m in result["models"] if m.get("weights")]
+    if any(m["weights"]["stored_as"] != "float" for m in weights):  # a quantized checkpoint: memory != disk
+        lines += ["Weights: in memory (what the kernels read) and on disk (the checkpoint's weight files).", "",
+                  "| model | in memory | dtype | on disk | stored as |", "|---|---:|---|---:|---|"]
+        lines += [f"| {m['label']} | {_fmt_bytes(w['in_memory_bytes'])} | {', '.join(w['in_memory_dtypes'])} "
+                  f"| {_fmt_bytes(w['on_disk_bytes'])} | {w['stored_as']} |" for m in weights for w in [m["weights"]]]
+        lines.append("")
     if not result.get("complete", True):
         lines.insert(2, "**Partial results: the run did not finish.**\n")
     return "\n".join(lines)

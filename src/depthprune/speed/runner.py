@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import platform
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -13,6 +14,7 @@ from depthprune.core.versions import library_versions
 from depthprune.errors import DepthpruneError
 from depthprune.models.loading import LoadedModel, model_source
 from depthprune.models.options import ModelOptions
+from depthprune.models.quantized import checkpoint_bytes
 from depthprune.models.specs import num_blocks
 from depthprune.speed.ideal import attention_flops_per_token, cost_model
 from depthprune.speed.measure import free_memory, is_oom, make_prompt, measure_setting, model_devices
@@ -26,6 +28,11 @@ ATTENTION_NOTE = ("flops_per_token counts 2 x multiply-adds of the linear layers
 BYTES_NOTE = ("bytes_per_token counts weights read per generated token: kept blocks, one input-embedding row "
               "(+ one learned-position row), final norm, the whole LM head (the whole embedding matrix when "
               "tied); KV-cache reads are not counted")
+
+
+WEIGHTS_NOTE = ("in_memory_bytes: the loaded parameters (a quantized checkpoint is dequantized to float at load: "
+                "transformers has no integer kernels for it, so latency and memory are those of the float model); "
+                "on_disk_bytes: the checkpoint's weight files")
 
 
 def parse_int_list(name: str, text: str) -> list[int]:
@@ -64,6 +71,19 @@ def _unique_labels(sources: list) -> list[str]:
 def _prompt_for(lm, n: int) -> torch.Tensor:
     cfg = lm.model.config
     return make_prompt(lm.tokenizer, n, cfg.vocab_size, getattr(cfg, "bos_token_id", None))
+
+
+def weight_record(model, source: str) -> dict:
+    """Weight bytes in memory (what the kernels read: dequantized float for a quantized checkpoint) and on disk."""
+    params = {id(p): p for p in model.parameters()}.values()
+    path = Path(source).expanduser()
+    quant = getattr(model, "depthprune_quantization", None)
+    return {"in_memory_bytes": sum(p.numel() * p.element_size() for p in params),
+            "in_memory_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params}),
+            "on_disk_bytes": checkpoint_bytes(path) if path.is_dir() else None,
+            "stored_as": (f"{quant['bits']}-bit {quant['format']} (group {quant['group_size']}), {quant['in_memory']}"
+                          if quant else "float"),
+            "note": WEIGHTS_NOTE}
 
 
 def _pad_id(lm) -> int | None:
@@ -153,7 +173,7 @@ def _bench_one(src, label: str, opts: BenchOptions, load: ModelOptions, result: 
     result["models"].append({
         "label": label, "source": src, "status": "ok", "random_weights": lm.tokenizer is None,
         "num_params": cost.num_params, "num_blocks": num_blocks(model), "dtype": str(next(model.parameters()).dtype),
-        "devices": [str(d) for d in devices], "cost": cost.to_json(),
+        "devices": [str(d) for d in devices], "cost": cost.to_json(), "weights": weight_record(model, src),
     })
     if len(devices) > 1:
         log(f"  warning: {label} spans {len(devices)} devices ({', '.join(map(str, devices))}): its layers run one "

@@ -299,7 +299,7 @@ def main() -> None:
         else:
             worker(a.worker, a.limit, a.threads, Path(a.out))
         return
-    from depthprune.commands.common import write_json_atomic
+    from depthprune.core.io import write_json_atomic
 
     path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if path.exists() else {}

@@ -224,3 +224,23 @@ def test_report_plot_names_never_collide():
         taken[png] = Path(png)
     assert list(taken) == ["scores_taylor.png", "scores_taylor-plus.png", "scores_magnitude-plus.png",
                            "scores_taylor-2.png"]
+
+
+def test_only_runs_the_named_stages_and_what_they_need(files, tmp_path, capsys):
+    from depthprune.pipeline import run_experiment
+
+    cfg = tiny_config(files, name="only")
+    cfg.pop("retrain")
+    cfg.pop("bench")
+    path = write(tmp_path / "only.yaml", cfg)
+    with pytest.raises(DepthpruneError, match="--only k9/eval: no such stage"):
+        run_experiment(path, tmp_path / "runs", only=["k9/eval"])
+    summary = run_experiment(path, tmp_path / "runs", only=["k1/eval"])
+    assert summary.ran == ["score", "k1/prune", "k1/eval"]
+    assert sorted(summary.not_selected) == ["base/eval", "k2/eval", "k2/prune"]
+    main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--only", "k2/*"])
+    out = capsys.readouterr().out
+    assert "k1/eval: done, not selected by --only" in out and "k2/prune: new" in out
+    summary = run_experiment(path, tmp_path / "runs")  # the rest, later: what was done is kept
+    assert sorted(summary.ran) == ["base/eval", "k2/eval", "k2/prune"]
+    assert sorted(summary.skipped) == ["k1/eval", "k1/prune", "score"]

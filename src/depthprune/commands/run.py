@@ -16,10 +16,13 @@ def register(sub) -> None:
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo this stage and what depends on it, even if done: a kind (score, prune, retrain, eval, "
                         "baseline, bench), a stage id (k4/prune) or a glob ('magnitude/*'); repeatable")
+    p.add_argument("--only", action="append", default=[], metavar="STAGE",
+                   help="run only these stages (kind, id or glob, as for --force) and the stages they need; the "
+                        "rest wait for a later run; repeatable")
     p.add_argument("--dry-run", action="store_true", help="validate and list the stages with their status; run nothing")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    run_experiment(args.config, args.runs_dir, force=args.force, dry_run=args.dry_run)
+    run_experiment(args.config, args.runs_dir, force=args.force, dry_run=args.dry_run, only=args.only)
     return 0

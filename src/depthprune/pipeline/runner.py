@@ -36,6 +36,7 @@ class RunSummary:
     root: Path
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    not_selected: list[str] = field(default_factory=list)  # left out by ``only``
 
 
 def plan_experiment(config: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Plan:
@@ -46,18 +47,39 @@ def plan_experiment(config: str | os.PathLike, runs_dir: str | os.PathLike = "ru
     return Plan(cfg, leaves, root, stages, finals)
 
 
-def forced_stages(stages: list[Stage], patterns: Iterable[str]) -> set[str]:
-    """Stage ids named by ``--force``: a kind (prune, eval, ...), a stage id, or a glob over ids."""
+def matching_stages(stages: list[Stage], patterns: Iterable[str], flag: str = "--force") -> set[str]:
+    """Stage ids named by ``patterns``: a kind (prune, eval, ...), a stage id, or a glob over ids."""
     out: set[str] = set()
     for pat in patterns:
         hit = {s.id for s in stages if pat in (s.kind, s.id) or fnmatch.fnmatchcase(s.id, pat)}
         if not hit:
             kinds = sorted({s.kind for s in stages}, key=KINDS.index)
             ids = ", ".join(s.id for s in stages[:12]) + (", ..." if len(stages) > 12 else "")
-            raise DepthpruneError(f"--force {pat}: no such stage in this experiment; give a kind "
+            raise DepthpruneError(f"{flag} {pat}: no such stage in this experiment; give a kind "
                                   f"({', '.join(kinds)}), a stage id ({ids}) or a glob such as 'k4/*'")
         out |= hit
     return out
+
+
+def forced_stages(stages: list[Stage], patterns: Iterable[str]) -> set[str]:
+    """Stage ids named by ``--force``."""
+    return matching_stages(stages, patterns, "--force")
+
+
+def selected_stages(stages: list[Stage], patterns: Iterable[str]) -> set[str] | None:
+    """Stages named by ``--only`` and everything they depend on; None (all stages) without patterns."""
+    patterns = list(patterns)
+    if not patterns:
+        return None
+    chosen = matching_stages(stages, patterns, "--only")
+    deps = {s.id: s.deps for s in stages}
+    todo = list(chosen)
+    while todo:
+        for d in deps[todo.pop()]:
+            if d not in chosen:
+                chosen.add(d)
+                todo.append(d)
+    return chosen
 
 
 @contextlib.contextmanager
@@ -101,16 +123,23 @@ def stage_status(plan: Plan, stage: Stage, log_: StageLog, forced: set[str]) -> 
 
 
 def run_experiment(config: str | os.PathLike, runs_dir: str | os.PathLike = "runs", force: Iterable[str] = (),
-                   dry_run: bool = False) -> RunSummary:
-    """Run every stage of ``config`` that is not already done with the same settings; see the module docs."""
+                   dry_run: bool = False, only: Iterable[str] = ()) -> RunSummary:
+    """Run every stage of ``config`` that is not already done with the same settings; see the module docs.
+
+    ``only`` (globs, kinds or ids, like ``force``) restricts the run to those stages and what they depend on.
+    """
     plan = plan_experiment(config, runs_dir)
     forced = forced_stages(plan.stages, force)
+    selected = selected_stages(plan.stages, only)
     root, total = plan.root, len(plan.stages)
     summary = RunSummary(root)
     if dry_run:
         stage_log = StageLog(root)
         for n, stage in enumerate(plan.stages, 1):
-            log(f"[{n}/{total}] {stage.id}: {stage_status(plan, stage, stage_log, forced)}")
+            status = stage_status(plan, stage, stage_log, forced)
+            if selected is not None and stage.id not in selected:
+                status += ", not selected by --only"
+            log(f"[{n}/{total}] {stage.id}: {status}")
         return summary
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
@@ -118,6 +147,9 @@ def run_experiment(config: str | os.PathLike, runs_dir: str | os.PathLike = "run
         stage_log = StageLog(root)
         stage_log.set_plan(plan.stages)
         for n, stage in enumerate(plan.stages, 1):
+            if selected is not None and stage.id not in selected:
+                summary.not_selected.append(stage.id)
+                continue
             upstream = {d: stage_log.run_id(d) for d in stage.deps}
             if stage.id not in forced and stage_log.is_done(stage, upstream):
                 log(f"[{n}/{total}] {stage.id}: done at {stage_log.get(stage.id)['finished']}, skipped")
@@ -138,6 +170,7 @@ def run_experiment(config: str | os.PathLike, runs_dir: str | os.PathLike = "run
             stage_log.finish(stage)
             log(f"[{n}/{total}] {stage.id}: done in {stage_log.get(stage.id)['wall_s']:.1f}s")
             summary.ran.append(stage.id)
-    log(f"{root}: {len(summary.ran)} stage(s) run, {len(summary.skipped)} already done. "
+    left = f", {len(summary.not_selected)} not selected (--only)" if summary.not_selected else ""
+    log(f"{root}: {len(summary.ran)} stage(s) run, {len(summary.skipped)} already done{left}. "
         f"Report: depthprune report {root}")
     return summary

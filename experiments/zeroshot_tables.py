@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _common import RESULTS
 
-from depthprune.evaluation.zeroshot import PAPER_TASKS, SHORT_NAMES
+from depthprune.evaluation.zeroshot import PAPER_METRIC, PAPER_TASKS, SHORT_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = RESULTS / "zeroshot"
@@ -83,8 +83,9 @@ def report() -> None:
     lines = ["# Zero-shot, 7 commonsense tasks (Gemma 3 270M, float32, full task sets)", "",
              "lm-eval 0.4 through `depthprune eval zeroshot` (FastHFLM backend, whose per-request answers equal "
              "lm-eval's HFLM: tests/test_zeroshot_fast.py), local task files over `../shared/data`, zero-shot, BOS "
-             "before every request. Paper metric per task: acc_norm for HellaSwag, ARC-e, ARC-c, OBQA and PIQA; acc "
-             "for BoolQ and WinoGrande. Rows fill in as the runs finish; a dash is a task not yet run.", "",
+             "before every request. Paper metric per task: "
+             + ", ".join(f"{PAPER_METRIC[t]} for {SHORT_NAMES[t]}" for t in PAPER_TASKS)
+             + ". Rows fill in as the runs finish; a dash is a task not yet run.", "",
              "| model | " + " | ".join(SHORT_NAMES[t] for t in PAPER_TASKS) + " | Avg |",
              "|---|" + "---:|" * (len(PAPER_TASKS) + 1)]
     detail = []
@@ -106,11 +107,13 @@ def report() -> None:
     dense = load("dense")
     if dense:
         lines += ["", "Dense model against Google's card for gemma-3-270m (zero-shot):", "",
-                  "| task | card | here | gap |", "|---|---:|---:|---:|"]
+                  "| task | card | here (paper metric) | gap | acc / acc_norm here |", "|---|---:|---:|---:|---|"]
         for t, card in CARD.items():
             if t in dense:
-                here = dense[t]["tasks"][t]["score"] * 100
-                lines.append(f"| {SHORT_NAMES[t]} | {card:.1f} | {here:.2f} | {here - card:+.2f} |")
+                s = dense[t]["tasks"][t]
+                here = s["score"] * 100
+                lines.append(f"| {SHORT_NAMES[t]} | {card:.1f} | {here:.2f} | {here - card:+.2f} | "
+                             f"{pct(s['acc'], s['acc_stderr'])} / {pct(s['acc_norm'], s['acc_norm_stderr'])} |")
     lines += ["", "Models: " + "; ".join(f"**{k}** `{v[0]}`" + (" from `depthprune " + " ".join(v[1][0]) + "`"
                                                                     if v[1] else "") for k, v in MODELS.items()),
               "", "Reproduce: `nice -n 10 python experiments/zeroshot_tables.py` (resumes; "

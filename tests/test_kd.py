@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -16,16 +13,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from tiny import SAMPLE_TEXT, save_tiny, tiny_tokenizer
+from train_helpers import ACCELERATE, TRAIN_ARGS, assert_ddp_matches_single, log_of, run
 
-from depthprune.cli import main
 from depthprune.core import kd_loss
 from depthprune.core.kd_loss import distill_loss, sequence_kl, sliced_kd_loss
 from depthprune.retraining import kd as kd_mod
 
-ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-KD_ARGS = ["--seq-len", "24", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3", "--log-every", "1",
-           "--warmup-steps", "2", "--no-progress", "--save-every", "0"]
+KD_ARGS = TRAIN_ARGS
 HELD_OUT = ("Napoleon's army crossed the Niemen in June; the emperor watched from a hill as regiments marched. "
             "Rostov rode ahead with the hussars, thinking of home and of the letters he had not written. ") * 6
 
@@ -163,12 +157,6 @@ def test_distill_loss_masks_labels_and_fallback_head_agrees():
 # ------------------------------------------------------------------------------------------ retrain kd
 
 
-def run(*argv) -> int:
-    return main([str(a) for a in argv])
-
-
-def log_of(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -330,27 +318,11 @@ def test_bad_kd_input_is_a_clear_error_and_writes_nothing(files, case, capsys):
     assert not out.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate CLI not installed")
 def test_kd_ddp_two_cpu_processes_match_one(files):
     common = ["retrain", "kd", "--model", files["student"], "--data", files["text"], "--max-steps", 3,
               *KD_ARGS, "--micro-batch-size", "1", "--cpu"]
     single = files["root"] / "kd_ddp1"
-    assert run(*common, "--output", single) == 0
     double = files["root"] / "kd_ddp2"
-    env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "depthprune.cli", *map(str, common), "--output", str(double)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es) x 2 accumulation" in proc.stdout
-    for a, b in zip(log_of(single), log_of(double), strict=True):
-        assert abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"]
-    wa, wb = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    assert_ddp_matches_single(common, single, double)

@@ -6,17 +6,14 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import SAMPLE_TEXT, save_tiny
+from train_helpers import ACCELERATE, ROOT, TRAIN_ARGS, assert_ddp_matches_single, log_of, run
 
-from depthprune.cli import main
 from depthprune.core.options import build
 from depthprune.errors import DepthpruneError
 from depthprune.retraining import engine
@@ -24,10 +21,7 @@ from depthprune.retraining.data import IGNORE, instruction_dataset, load_instruc
 from depthprune.retraining.options import TrainOptions
 from depthprune.retraining.plan import DataPlan
 
-ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-CPT_ARGS = ["--seq-len", "24", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3", "--log-every", "1",
-            "--warmup-steps", "2", "--no-progress", "--save-every", "0"]
+CPT_ARGS = TRAIN_ARGS
 LORA_ARGS = ["--max-len", "240", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-2", "--log-every", "1",
              "--warmup-steps", "2", "--no-progress", "--save-every", "0", "--rank", "4"]
 
@@ -48,12 +42,6 @@ def files(tmp_path_factory) -> dict:
     return {"root": root, "model": model, "text": text, "instr": instr}
 
 
-def run(*argv) -> int:
-    return main([str(a) for a in argv])
-
-
-def log_of(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
 def interrupt_at(monkeypatch, call: int, how: str) -> None:
@@ -154,32 +142,14 @@ def test_cpt_then_lora(files, cpt_run):
     assert Path(cfg["base_model_name_or_path"]).resolve() == cpt_run.resolve()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate CLI not installed")
 def test_ddp_two_cpu_processes_match_one(files):
     common = ["retrain", "cpt", "--model", files["model"], "--data", files["text"], "--max-steps", 4,
               *CPT_ARGS, "--micro-batch-size", "1", "--cpu"]
     single = files["root"] / "ddp1"
-    assert run(*common, "--output", single) == 0  # 1 process: 4 accumulation steps of 1
     double = files["root"] / "ddp2"
-    env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
-    # accelerate's own --cpu launcher starts one process (several need mpirun); --multi_gpu starts torchrun
-    # workers, and depthprune's --cpu puts them on the CPU with the gloo backend
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "depthprune.cli", *map(str, common), "--output", str(double)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es) x 2 accumulation" in proc.stdout
-    for a, b in zip(log_of(single), log_of(double), strict=True):
-        assert abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"]
-    wa, wb = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    assert_ddp_matches_single(common, single, double)
 
 
 @pytest.mark.parametrize("case", ["fields", "lr", "target", "resume", "batch"])

@@ -50,3 +50,14 @@ def assert_ddp_matches_single(common: list, single: Path, double: Path) -> None:
         assert abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"]
     wa, wb = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+
+
+def assert_resumed_equals_uninterrupted(full: Path, resumed: Path, steps: int) -> None:
+    """A run interrupted and resumed logged every step once and ended with the uninterrupted run's weights."""
+    a_log, b_log = log_of(full), log_of(resumed)
+    assert [r["step"] for r in b_log] == list(range(1, steps + 1))
+    for a, b in zip(a_log, b_log):
+        assert abs(a["loss"] - b["loss"]) < 1e-5
+    wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5

@@ -246,3 +246,13 @@ def test_pipeline_compensate_then_kd(files, tmp_path):
                      "retrain.0.temperature: must be > 0", "retrain.1.rank: applies with lora: true",
                      "retrain.2.ce_weight: applies to kind kd only"):
         assert expected in str(err.value), (expected, str(err.value))
+
+
+def test_pipeline_kd_lora_step_merges_its_adapters():
+    from depthprune.pipeline.config import retrain_step
+
+    step = retrain_step({"kind": "kd", "lora": True, "rank": 4})
+    assert step.merge is True  # later stages load a plain checkpoint, as for kind lora
+    assert retrain_step({"kind": "kd"}).merge is False  # full weights: nothing to merge
+    with pytest.raises(ValueError, match="must be true: evaluation, benchmark and later steps load the merged"):
+        retrain_step({"kind": "kd", "lora": True, "merge": False})

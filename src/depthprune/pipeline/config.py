@@ -148,11 +148,12 @@ def retrain_step(data: Any):
             problems.append(((key,), f"applies to kind{'s' if len(owners) > 1 else ''} {', '.join(owners)} only"))
     problems += [((key,), "is set by the pipeline (from model: and the run directory); drop it")
                  for key in data if key in RUN_FIELDS]
-    if kind == "lora" and data.get("merge") is False:
+    adapters = kind == "lora" or (kind == "kd" and data.get("lora") is True)  # trains LoRA adapters
+    if adapters and data.get("merge") is False:
         problems.append((("merge",), "must be true: evaluation, benchmark and later steps load the merged "
                                      "checkpoint (the adapter is kept in adapter/ as well)"))
     fields = {k: v for k, v in data.items() if not any(k == p[0][0] for p in problems)}
-    if kind == "lora":
+    if adapters:
         fields.setdefault("merge", True)
     try:
         step = cls.model_validate(fields)

@@ -24,6 +24,18 @@ def readme_api_block() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+SMALLER = (("samples=10", "samples=2"), ("limit=200", "limit=8"), ("limit=100", "limit=10"),
+           ("output_lengths=[128]", "output_lengths=[4]"))
+"""Sizes cut so that the block runs in seconds; everything else is the README's text."""
+
+
+def shrunk(code: str, extra: tuple = ()) -> str:
+    for old, new in SMALLER + extra:
+        assert old in code, old
+        code = code.replace(old, new)
+    return code
+
+
 def run_block(code: str, cwd: Path, monkeypatch) -> dict:
     monkeypatch.chdir(cwd)
     scope: dict = {}
@@ -33,7 +45,8 @@ def run_block(code: str, cwd: Path, monkeypatch) -> dict:
 
 def test_readme_python_api_block_runs_on_a_tiny_model(tmp_path, monkeypatch):
     src = save_tiny("gemma3_text", tmp_path / "tiny", layers=8, max_position_embeddings=4096)
-    code = readme_api_block().replace('"gemma-3-270m"', repr(str(src)))
+    code = shrunk(readme_api_block(), (("max_steps=10", "max_steps=10, batch_size=4"),))
+    code = code.replace('"gemma-3-270m"', repr(str(src)))
     scope = run_block(code, tmp_path, monkeypatch)
     result = scope["result"]
     assert len(result.removed) == 4 and result.params_after < result.params_before
@@ -47,12 +60,8 @@ def test_readme_python_api_block_runs_on_a_tiny_model(tmp_path, monkeypatch):
 @pytest.mark.real_model
 def test_readme_python_api_block_runs_on_the_embedded_model(tmp_path, monkeypatch):
     """As written, with smaller sizes only (fewer windows, examples, tokens and steps) to stay in minutes."""
-    code = readme_api_block()
-    for old, new in (("samples=10", "samples=2"), ("limit=200", "limit=8"), ("limit=100", "limit=10"),
-                     ("output_lengths=[128]", "output_lengths=[4]"), ("max_steps=10", "max_steps=1, batch_size=4")):
-        assert old in code
-        code = code.replace(old, new)
-    code = code.replace('criterion="ppl", num_blocks=4', 'criterion="ppl", num_blocks=4, samples=2')
+    code = shrunk(readme_api_block(), (("max_steps=10", "max_steps=1, batch_size=4"),))
+    code = code.replace('criterion="ppl", num_blocks=4', 'criterion="ppl", num_blocks=4, samples=2, seq_len=32')
     scope = run_block(code, tmp_path, monkeypatch)
     assert len(scope["result"].removed) == 4 and scope["result"].params_after < 250_000_000
     assert (tmp_path / "runs" / "p4" / "model.safetensors").is_file()

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
+from transformers import AutoTokenizer
 
 from depthprune.data import CalibrationSpec, build_calibration, eval_windows, load_text, with_bos
 from depthprune.errors import DepthpruneError
@@ -130,3 +131,28 @@ def test_perplexity_records_the_bos_mode():
     assert len({round(r.ppl, 6) for r in res.values()}) == 3
     no_bos = evaluate_perplexity(model, tiny_tokenizer(bos=False), "wikitext2", seq_len=16, limit=2, progress=False)
     assert no_bos.bos_mode == "none"
+
+
+def test_tokenize_caches_long_texts_per_tokenizer_and_returns_copies(monkeypatch, tmp_path):
+    from depthprune.data import tokens
+
+    calls = []
+    real = tokens._tokenize
+    monkeypatch.setattr(tokens, "_tokenize", lambda tok, text: calls.append(len(text)) or real(tok, text))
+    tok = tiny_tokenizer()
+    text = "the quick brown fox jumps over the lazy dog. " * 3000
+    first = tokens.tokenize(tok, text)
+    first[:5] = -1  # a caller that writes into its ids must not change what the next caller gets
+    again = tokens.tokenize(tok, text)
+    assert calls == [len(text)]
+    assert torch.equal(again, real(tok, text)) and again[0] != -1
+    tok.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")  # the same tokenizer loaded again shares the cache
+    assert torch.equal(tokens.tokenize(reloaded, text), again)
+    tokens.tokenize(tok, text + "x")  # another text is tokenized anew
+    other = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    other.add_tokens(["quickbrown"])  # another tokenizer is too
+    tokens.tokenize(other, text)
+    tokens.tokenize(tok, "short text")  # short texts are never cached
+    tokens.tokenize(tok, "short text")
+    assert calls == [len(text), len(text) + 1, len(text), 10, 10]

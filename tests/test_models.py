@@ -64,7 +64,10 @@ def test_unsupported_model_type_dir(tmp_path):
 
 
 def test_offline_hub_id_names_the_id(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: patch it too
     with pytest.raises(DepthpruneError, match="someorg/some-model.*local"):
         load_model("someorg/some-model", device="cpu")
 

@@ -1,9 +1,17 @@
-"""Token windows: non-overlapping evaluation windows and seeded random calibration samples."""
+"""Token windows: non-overlapping evaluation windows and seeded random calibration samples.
+
+``tokenize`` keeps the last few long texts it tokenized, keyed by a digest of the (fast) tokenizer's definition and
+of the text: a book takes seconds to tokenize, and one process scores, prunes and evaluates on the same texts
+again and again. Nothing in the ecosystem caches a tokenizer's output across calls, hence this small cache.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import random
+import weakref
+from collections import OrderedDict
 
 import torch
 
@@ -15,8 +23,45 @@ def bos_id(tokenizer) -> int | None:
     return getattr(tokenizer, "bos_token_id", None)
 
 
+_TOKEN_CACHE: OrderedDict[tuple[bytes, bytes], torch.Tensor] = OrderedDict()
+_CACHED_TEXTS = 8  # a tokenized book is ~1-3 M ids (8-24 MB)
+_CACHE_MIN_CHARS = 100_000  # shorter texts tokenize in milliseconds
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer) -> bytes | None:
+    """A digest of a fast tokenizer's whole definition (two loads of one tokenizer share it); None otherwise."""
+    try:
+        return _FINGERPRINTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    digest = hashlib.blake2b(f"{type(tokenizer).__name__}\n{backend.to_str()}".encode(), digest_size=16).digest()
+    try:
+        _FINGERPRINTS[tokenizer] = digest
+    except TypeError:
+        pass
+    return digest
+
+
 def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """All token ids of ``text``, without special tokens."""
+    """All token ids of ``text``, without special tokens (long texts come from the cache, copied)."""
+    fingerprint = tokenizer_fingerprint(tokenizer) if len(text) >= _CACHE_MIN_CHARS else None
+    if fingerprint is None:
+        return _tokenize(tokenizer, text)
+    key = (fingerprint, hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+    if key in _TOKEN_CACHE:
+        _TOKEN_CACHE.move_to_end(key)
+        return _TOKEN_CACHE[key].clone()
+    _TOKEN_CACHE[key] = out = _tokenize(tokenizer, text)
+    while len(_TOKEN_CACHE) > _CACHED_TEXTS:
+        _TOKEN_CACHE.popitem(last=False)
+    return out.clone()
+
+
+def _tokenize(tokenizer, text: str) -> torch.Tensor:
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     out = torch.tensor(ids, dtype=torch.long)
     del ids

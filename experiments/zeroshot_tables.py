@@ -121,7 +121,7 @@ def dtype_comparison() -> list[str]:
                     diff, se = (b[metric] - r[metric]) * 100, r[f"{metric}_stderr"] * 100
                     rows.append(f"| {label} | {SHORT_NAMES[t]} | {metric} | {r[metric] * 100:.2f} | "
                                 f"{b[metric] * 100:.2f} | {diff:+.2f} | {se:.2f} | "
-                                f"{'yes' if abs(diff) <= se else 'no'} | {r['wall_s'] / b['wall_s']:.2f}x |")
+                                f"{'yes' if abs(diff) <= se else 'no'} | {ref[t]['wall_s'] / low[t]['wall_s']:.2f}x |")
     if not rows:
         return []
     return ["## bfloat16 against float32", "",

@@ -29,7 +29,7 @@ _CACHE_MIN_CHARS = 100_000  # shorter texts tokenize in milliseconds
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def tokenizer_fingerprint(tokenizer) -> bytes | None:
+def _tokenizer_digest(tokenizer) -> bytes | None:
     """A digest of a fast tokenizer's whole definition (two loads of one tokenizer share it); None otherwise."""
     try:
         return _FINGERPRINTS[tokenizer]
@@ -48,7 +48,7 @@ def tokenizer_fingerprint(tokenizer) -> bytes | None:
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
     """All token ids of ``text``, without special tokens (long texts come from the cache, copied)."""
-    fingerprint = tokenizer_fingerprint(tokenizer) if len(text) >= _CACHE_MIN_CHARS else None
+    fingerprint = _tokenizer_digest(tokenizer) if len(text) >= _CACHE_MIN_CHARS else None
     if fingerprint is None:
         return _tokenize(tokenizer, text)
     key = (fingerprint, hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())

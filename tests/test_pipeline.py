@@ -244,3 +244,35 @@ def test_only_runs_the_named_stages_and_what_they_need(files, tmp_path, capsys):
     summary = run_experiment(path, tmp_path / "runs")  # the rest, later: what was done is kept
     assert sorted(summary.ran) == ["base/eval", "k2/eval", "k2/prune"]
     assert sorted(summary.skipped) == ["k1/eval", "k1/prune", "score"]
+
+
+def test_same_weights_are_evaluated_once_per_run(files, tmp_path, monkeypatch, capsys):
+    """Variants that remove the same blocks, and a rerun that only adds zero-shot, reuse the run's PPL results."""
+    from depthprune.pipeline import run_experiment, stages
+
+    computed = []
+    real = stages.perplexity
+    monkeypatch.setattr(stages, "perplexity", lambda model, tok, **kw: computed.append(kw["dataset"]) or
+                        real(model, tok, **kw))
+    cfg = tiny_config(files, name="once", retrain=[], bench=None, prune={"criterion": "ppl",
+                                                                         "target": {"num_blocks": 1}},
+                      variants={"a": {}, "b": {"description": "same recipe as a"},
+                                "c": {"prune": {"target": {"num_blocks": 2}}}})
+    path = write(tmp_path / "once.yaml", cfg)
+    run_experiment(path, tmp_path / "runs")
+    run = tmp_path / "runs" / "once"
+    assert len(computed) == 3  # base, a (b has a's weights), c
+    results = {v: json.loads((run / v / "eval.json").read_text())["results"][-1]["ppl"] for v in "abc"}
+    assert results["a"] == results["b"] != results["c"]
+    assert "from the run's ppl-cache" in capsys.readouterr().out
+
+    cfg["evaluate"]["zeroshot"] = {"tasks": ["piqa"], "limit": 2, "batch_size": 2}
+    run_experiment(write(path, cfg), tmp_path / "runs")  # eval stages rerun for zero-shot; PPL is not recomputed
+    assert len(computed) == 3
+    again = json.loads((run / "c" / "eval.json").read_text())["results"][-1]
+    assert again["ppl"] == results["c"] and again["zeroshot"]["tasks"]["piqa"]["n"] == 2
+
+    for f in (run / "ppl-cache").glob("*.json"):  # an unreadable entry is computed again, not trusted
+        f.write_text("{")
+    run_experiment(path, tmp_path / "runs", force=["eval", "baseline"])
+    assert len(computed) == 6  # base, a and c again; b finds the entry a has just rewritten

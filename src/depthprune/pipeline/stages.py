@@ -24,6 +24,7 @@ from pathlib import Path
 
 from depthprune.core.io import write_json_atomic
 from depthprune.core.versions import library_versions
+from depthprune.evaluation.ppl_cache import cached, model_identity
 from depthprune.evaluation.run import perplexity, zeroshot
 from depthprune.evaluation.samples import samples_json
 from depthprune.evaluation.zeroshot_cache import CacheMismatchError, cache_identity, open_cache
@@ -48,6 +49,7 @@ SCORES_FILE = "scores.json"
 EVAL_FILE = "eval.json"
 BENCH_FILE = "bench.json"
 BASE_DIR = "base"
+PPL_CACHE_DIR = "ppl-cache"  # PPL results by model identity, shared by every stage of the run
 
 
 def log(msg: str) -> None:
@@ -151,11 +153,13 @@ def run_quantize(c: ExperimentConfig, src: Path, out: Path) -> None:
              **c.quantize.model_dump())
 
 
-def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root: Path | None = None) -> dict:
+def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root: Path | None = None,
+                   ppl_cache: Path | None = None) -> dict:
     """PPL on every dataset (zero-shot accuracy, generation examples) of one model, as a JSON-ready dict.
 
     Zero-shot answers are kept in ``cache_root/<label>`` (unless the config names a cache) so an interrupted
-    evaluation resumes; a cache left by other weights of the same label (a forced rerun) is replaced.
+    evaluation resumes; a cache left by other weights of the same label (a forced rerun) is replaced. PPL results
+    are kept in ``ppl_cache`` by model identity (``evaluation.ppl_cache``): the same weights are evaluated once.
     """
     ev = c.evaluate
     lm = load(c.model, src)
@@ -165,10 +169,15 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
         entry["quantization"] = lm.model.depthprune_quantization
     if ev.ppl is not None:
         settings = ev.ppl.model_dump(exclude={"datasets"})
+        identity = ppl_cache and model_identity(lm.model, lm.tokenizer)
         for ds in ev.ppl.datasets:
-            res = perplexity(lm.model, lm.tokenizer, dataset=ds, **settings)
-            entry["ppl"][ds] = res.to_json()
-            log(f"  {label}: {ds} PPL {res.ppl:.3f} ({res.windows} windows of {res.seq_len})")
+            def compute(ds=ds) -> dict:
+                return perplexity(lm.model, lm.tokenizer, dataset=ds, **settings).to_json()
+
+            res, hit = cached(ppl_cache, identity, ds, settings, compute) if ppl_cache else (compute(), False)
+            entry["ppl"][ds] = res
+            log(f"  {label}: {ds} PPL {res['ppl']:.3f} ({res['windows']} windows of {res['seq_len']})"
+                + (" (same weights evaluated before: from the run's ppl-cache)" if hit else ""))
     if ev.zeroshot is not None:
         zs = ev.zeroshot.model_dump()
         if zs["cache_dir"] is None and cache_root is not None:
@@ -187,8 +196,9 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
     return entry
 
 
-def run_eval(c: ExperimentConfig, models: list[tuple[str, Path | str]], out: Path, extra: dict) -> None:
-    results = [evaluate_model(c, label, src, out.parent / "zeroshot-cache") for label, src in models]
+def run_eval(c: ExperimentConfig, models: list[tuple[str, Path | str]], out: Path, extra: dict,
+             ppl_cache: Path | None = None) -> None:
+    results = [evaluate_model(c, label, src, out.parent / "zeroshot-cache", ppl_cache) for label, src in models]
     write_json_atomic(out, {"experiment": extra, "final": models[-1][0], "results": results,
                             "settings": c.evaluate.model_dump(mode="json"), "seed": c.calibration.seed,
                             "versions": library_versions()})
@@ -296,8 +306,8 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
             out = tdir / EVAL_FILE
             deps = [final[2]] + ([quantized[2]] if quantized else [])
             stages.append(Stage(join(key, "eval"), "eval", cfg, deps, out,
-                                lambda ctx, models=models, out=out, extra=extra: run_eval(c, models, out, extra),
-                                [out]))
+                                lambda ctx, models=models, out=out, extra=extra: run_eval(
+                                    c, models, out, extra, root / PPL_CACHE_DIR), [out]))
         finals.append(FinalModel(key, final[0], final[1], final[2], quantized[1:] if quantized else None))
     return stages
 
@@ -313,8 +323,8 @@ def build_stages(root: Path, cfg: ExperimentConfig, leaves: list[Leaf]) -> tuple
         conf = {"model": model_config(first.model),
                 "evaluate": first.evaluate.stage_dump({"baseline", "every_stage"})}
         stages.append(Stage(join(BASE_DIR, "eval"), "baseline", conf, [], out,
-                            lambda ctx, out=out: run_eval(first, [("base", first.model.source)], out, extra),
-                            [out]))
+                            lambda ctx, out=out: run_eval(first, [("base", first.model.source)], out, extra,
+                                                          root / PPL_CACHE_DIR), [out]))
     for leaf in leaves:
         stages += leaf_stages(root, leaf, finals)
     if first.bench is not None:

@@ -276,3 +276,22 @@ def test_same_weights_are_evaluated_once_per_run(files, tmp_path, monkeypatch, c
         f.write_text("{")
     run_experiment(path, tmp_path / "runs", force=["eval", "baseline"])
     assert len(computed) == 6  # base, a and c again; b finds the entry a has just rewritten
+
+
+def test_zeroshot_in_its_own_dtype_after_float32_ppl(files, tmp_path):
+    from depthprune.pipeline import run_experiment
+
+    zs = {"tasks": ["piqa"], "limit": 2, "batch_size": 2}
+    plain, _ = load_config(write(tmp_path / "a.yaml", tiny_config(files, evaluate={"zeroshot": zs})))
+    assert "dtype" not in plain.evaluate.stage_dump(set())["zeroshot"]  # runs made before the option keep hashes
+    cfg = tiny_config(files, name="zsdt", retrain=[], bench=None, prune={"criterion": "magnitude",
+                                                                         "target": {"num_blocks": 1}},
+                      evaluate={"baseline": False, "ppl": {"datasets": [str(files["text"])], "seq_len": 16,
+                                                           "limit": 2}, "zeroshot": zs | {"dtype": "bfloat16"}})
+    cfg["model"]["dtype"] = "float32"
+    run_experiment(write(tmp_path / "zsdt.yaml", cfg), tmp_path / "runs")
+    result = json.loads((tmp_path / "runs" / "zsdt" / "eval.json").read_text())["results"][-1]
+    assert result["ppl"][str(files["text"])]["dtype"] == "float32"
+    assert result["zeroshot"]["dtype"] == "bfloat16"
+    with pytest.raises(DepthpruneError, match="dtype"):
+        load_config(write(tmp_path / "bad.yaml", tiny_config(files, evaluate={"zeroshot": zs | {"dtype": "fp8"}})))

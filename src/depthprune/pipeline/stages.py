@@ -17,6 +17,7 @@ Each stage writes its outputs atomically and has one file (``marker``) whose pre
 from __future__ import annotations
 
 import copy
+import gc
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,7 +180,11 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
             log(f"  {label}: {ds} PPL {res['ppl']:.3f} ({res['windows']} windows of {res['seq_len']})"
                 + (" (same weights evaluated before: from the run's ppl-cache)" if hit else ""))
     if ev.zeroshot is not None:
-        zs = ev.zeroshot.model_dump()
+        zs = ev.zeroshot.model_dump(exclude={"dtype"})
+        if ev.zeroshot.dtype is not None and ev.zeroshot.dtype != c.model.dtype:
+            del lm  # PPL is done: load the zero-shot dtype in its place, not beside it
+            gc.collect()
+            lm = load(c.model.model_copy(update={"dtype": ev.zeroshot.dtype}), src)
         if zs["cache_dir"] is None and cache_root is not None:
             zs["cache_dir"] = str(cache_root / label)
             try:

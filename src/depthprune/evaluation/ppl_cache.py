@@ -3,8 +3,9 @@
 One experiment often evaluates the same weights more than once: a rerun that adds zero-shot tasks to a finished
 eval stage, variants that end up removing the same blocks (calibration volumes that agree), the dense baseline.
 A perplexity depends only on the weights, config, tokenizer, dtype, the dataset and the window settings, so its
-result is stored under a digest of all of them and of the depthprune version (delete the directory to recompute).
-The identity is the zero-shot cache's (``zeroshot_cache``); a hit is exact reuse, not an approximation.
+result is stored under a digest of all of them and of the depthprune, torch and transformers versions (delete
+the directory to recompute).
+The fingerprints are the zero-shot cache's (``zeroshot_cache``); a hit returns the stored result itself.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 
 from depthprune.core.io import write_json_atomic
+from depthprune.core.versions import library_versions
 from depthprune.evaluation.zeroshot_cache import (
     config_fingerprint,
     model_dtype,
@@ -30,7 +31,7 @@ def model_identity(model, tokenizer) -> dict:
     return {"model_type": cfg.model_type, "dtype": model_dtype(model),
             "removed_modules": getattr(cfg, "depthprune_removed_modules", None),
             "weights_sha256": weights_fingerprint(model), "config_sha256": config_fingerprint(cfg),
-            "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "depthprune": version("depthprune")}
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "versions": library_versions()}
 
 
 def cached(cache_dir: str | Path, identity: dict, dataset: str, settings: dict,

@@ -2,7 +2,9 @@
 
 Reads ``runs/recovery-gemma3-270m/<variant>/k<K>/eval.json`` (and each retraining's ``retrain.json`` for the
 tokens seen and wall time) of ``depthprune run examples/recovery_gemma3_270m.yaml`` as far as it has got, and
-writes ``docs/results/recovery_gemma3_270m.{md,json,png}``; rows not run yet are listed as such.
+writes ``docs/results/recovery_gemma3_270m.{md,json,png}``; rows not run yet are listed as such. A row the run
+directory lacks (runs/ is not committed, so a new checkout starts empty) keeps its figures from the committed JSON,
+so the table grows across sittings and machines.
 
     python experiments/recovery_table.py [--run runs/recovery-gemma3-270m]
 """
@@ -89,11 +91,21 @@ def plot(data: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def merge_committed(data: dict, committed: Path) -> dict:
+    """Keep the committed figures of every row (and the dense baseline) that this run directory has not got."""
+    if not committed.is_file():
+        return data
+    old = json.loads(committed.read_text())
+    done = {(r["variant"], r["blocks_removed"]): r for r in old["rows"] if "wikitext2" in r}
+    rows = [r if "wikitext2" in r else done.get((r["variant"], r["blocks_removed"]), r) for r in data["rows"]]
+    return {"dense": data["dense"] or old.get("dense", {}), "rows": rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default=str(ROOT / "runs" / "recovery-gemma3-270m"))
     run = Path(p.parse_args().run).resolve()
-    data = collect(run)
+    data = merge_committed(collect(run), RESULTS / "recovery_gemma3_270m.json")
     (RESULTS / "recovery_gemma3_270m.json").write_text(json.dumps(data, indent=2) + "\n")
     plot(data, RESULTS / "recovery_gemma3_270m.png")
     (RESULTS / "recovery_gemma3_270m.md").write_text(markdown(data, run.relative_to(ROOT) if run.is_relative_to(ROOT)

@@ -57,8 +57,9 @@ def collect(run: Path) -> dict:
                         row |= {"tokens_seen": r["tokens_seen"], "train_wall_s": r["wall_s"]}
                 rows.append(row)
     base = run / "base" / "eval.json"
-    dense = json.loads(base.read_text())["results"][0]["ppl"] if base.is_file() else {}
-    return {"dense": {d: v["ppl"] for d, v in dense.items()}, "rows": rows}
+    dense = json.loads(base.read_text())["results"][0] if base.is_file() else {}
+    return {"dense": {d: v["ppl"] for d, v in dense.get("ppl", {}).items()} | zeroshot_summary(dense.get("zeroshot")),
+            "rows": rows}
 
 
 def markdown(data: dict, run: Path) -> str:
@@ -66,7 +67,9 @@ def markdown(data: dict, run: Path) -> str:
     lines = ["# Recovery after removing blocks (Gemma 3 270M, `ppl` criterion, one-shot)", "",
              "`depthprune run examples/recovery_gemma3_270m.yaml` (the config's header has every setting); "
              "WikiText-2 / PTB perplexity on the first 200 windows of 128 tokens. Dense: "
-             f"{dense.get('wikitext2', float('nan')):.2f} / {dense.get('ptb', float('nan')):.2f}. "
+             f"{dense.get('wikitext2', float('nan')):.2f} / {dense.get('ptb', float('nan')):.2f}"
+             + (f", zero-shot {dense['zeroshot_avg']:.2f} ± {dense['zeroshot_se']:.2f}. " if "zeroshot_avg" in dense
+                else ". ") +
              f"Goal (4 blocks, 100k tokens): WikiText-2 <= {GOAL:.0f}. Zero-shot: the paper's 7-task average "
              "(its metric per task) on the first 200 documents of each task, scored in bfloat16, ± its standard "
              "error; rows run before it was in the config have none. A dash: not run yet (the run resumes; "
@@ -113,7 +116,7 @@ def merge_committed(data: dict, committed: Path) -> dict:
     old = json.loads(committed.read_text())
     done = {(r["variant"], r["blocks_removed"]): r for r in old["rows"] if "wikitext2" in r}
     rows = [r if "wikitext2" in r else done.get((r["variant"], r["blocks_removed"]), r) for r in data["rows"]]
-    return {"dense": data["dense"] or old.get("dense", {}), "rows": rows}
+    return {"dense": old.get("dense", {}) | data["dense"], "rows": rows}
 
 
 def main() -> None:

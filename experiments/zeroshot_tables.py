@@ -23,11 +23,13 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from _common import RESULTS
 
-from depthprune.evaluation.zeroshot import PAPER_METRIC, PAPER_TASKS, SHORT_NAMES
+from depthprune.core.io import write_json_atomic
+from depthprune.evaluation.zeroshot import PAPER_METRIC, PAPER_TASKS, SHORT_NAMES, TaskScore, merge_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = RESULTS / "zeroshot"
@@ -65,21 +67,68 @@ def ensure_model(label: str) -> str:
 DTYPES = ("bfloat16", "float32")
 
 
-def run_task(label: str, task: str, dtype: str) -> None:
-    out = OUT / dtype / label / f"{task}.json"
-    if out.exists():
-        return
+SHARD_DOCS = {"hellaswag": 1000}  # documents per --docs shard: each ~10-15 min on one thread, committed as it ends
+
+
+def evaluate(label: str, task: str, dtype: str, out: Path, docs: str | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     source = ensure_model(label)
     t0 = time.time()
     depthprune(["eval", "zeroshot", "--model", source, "--tasks", task, "--dtype", dtype, "--backend", "fast",
-                "--batch-size", "auto", "--json", str(out), "--resume"])
-    print(f"{label}/{task}: {time.time() - t0:.0f} s", flush=True)
+                "--batch-size", "auto", "--json", str(out), "--resume", *(["--docs", docs] if docs else [])])
+    print(f"{label}/{task}{' ' + docs if docs else ''}: {time.time() - t0:.0f} s", flush=True)
+
+
+def shard_files(label: str, task: str, dtype: str) -> list[Path]:
+    return sorted((OUT / dtype / label).glob(f"{task}.docs*.json"))
+
+
+def merge_shards(label: str, task: str, dtype: str) -> dict | None:
+    """The task's result over its finished shards (contiguous from document 0), as one result JSON; None if none."""
+    files = shard_files(label, task, dtype)
+    if not files:
+        return None
+    parts = [json.loads(f.read_text()) for f in files]
+    merged = merge_scores([TaskScore(**p["tasks"][task]) for p in parts])
+    wall = sum(p["wall_s"] for p in parts)
+    return parts[0] | {"tasks": {task: asdict(merged)}, "average": merged.score, "wall_s": wall,
+                       "shards": [f.name for f in files]}
+
+
+def run_task(label: str, task: str, dtype: str) -> None:
+    """One (model, task) on its full set: in one process, or for big tasks in committed --docs shards, merged."""
+    out = OUT / dtype / label / f"{task}.json"
+    if out.exists():
+        return
+    size = SHARD_DOCS.get(task)
+    if size is None:
+        evaluate(label, task, dtype, out)
+        return
+    while True:
+        merged = merge_shards(label, task, dtype)
+        start = 0 if merged is None else merged["tasks"][task]["n"]
+        if merged is not None and merged["tasks"][task]["docs"] is None:  # the shards tile the split
+            write_json_atomic(out, merged)
+            return
+        end = start + size
+        evaluate(label, task, dtype, OUT / dtype / label / f"{task}.docs{start:05d}-{end:05d}.json", f"{start}:{end}")
+        report()
 
 
 def load(label: str, dtype: str) -> dict[str, dict]:
+    """Each task's result JSON: the full set, else its finished shards merged (``docs`` then says how far)."""
     d = OUT / dtype / label
-    return {t: json.loads((d / f"{t}.json").read_text()) for t in PAPER_TASKS if (d / f"{t}.json").exists()}
+    out = {}
+    for t in PAPER_TASKS:
+        if (d / f"{t}.json").exists():
+            out[t] = json.loads((d / f"{t}.json").read_text())
+        elif (merged := merge_shards(label, t, dtype)) is not None:
+            out[t] = merged
+    return out
+
+
+def full(res: dict, task: str) -> bool:
+    return res[task]["tasks"][task].get("docs") is None
 
 
 def pct(v, se) -> str:
@@ -95,14 +144,19 @@ def score_table(dtype: str) -> list[str]:
     detail = []
     for label in MODELS:
         res = load(label, dtype)
-        cells = ["–" if t not in res else f"{res[t]['tasks'][t]['score'] * 100:.2f}" for t in PAPER_TASKS]
-        scores = [res[t]["tasks"][t]["score"] for t in PAPER_TASKS if t in res]
+        cells = ["–" if t not in res else f"{res[t]['tasks'][t]['score'] * 100:.2f}" + ("" if full(res, t) else "*")
+                 for t in PAPER_TASKS]
+        scores = [res[t]["tasks"][t]["score"] for t in PAPER_TASKS if t in res and full(res, t)]
         avg = f"**{sum(scores) / len(scores) * 100:.2f}**" if len(scores) == len(PAPER_TASKS) else "–"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {avg} |")
         for t, r in res.items():
             s = r["tasks"][t]
-            detail.append(f"| {label} | {SHORT_NAMES[t]} | {s['n']} | {pct(s['acc'], s['acc_stderr'])} | "
+            n = f"{s['n']}" if full(res, t) else f"{s['n']} of {s['n_total']} (shards so far)"
+            detail.append(f"| {label} | {SHORT_NAMES[t]} | {n} | {pct(s['acc'], s['acc_stderr'])} | "
                           f"{pct(s['acc_norm'], s['acc_norm_stderr'])} | {r['wall_s'] / 60:.1f} |")
+    if any(not full(load(label, dtype), t) for label in MODELS for t in load(label, dtype)):
+        lines += ["", "\\* partial: the first documents of the split only (its finished `--docs` shards, merged "
+                      "exactly; the rest runs in later sittings); not in the average."]
     return [*lines, "", f"Per task ({dtype}; %, ± standard error) and wall time on the shared 2-core CPU:", "",
             "| model | task | n | acc | acc_norm | wall (min) |", "|---|---|---:|---:|---:|---:|", *detail, ""]
 
@@ -113,7 +167,7 @@ def dtype_comparison() -> list[str]:
     for label in MODELS:
         ref, low = load(label, "float32"), load(label, "bfloat16")
         for t in PAPER_TASKS:
-            if t in ref and t in low:
+            if t in ref and t in low and full(ref, t) and full(low, t):
                 r, b = ref[t]["tasks"][t], low[t]["tasks"][t]
                 for metric in ("acc", "acc_norm"):
                     if r.get(metric) is None or b.get(metric) is None:

@@ -456,3 +456,38 @@ def test_pipeline_zeroshot_resumes_from_its_cache(tmp_path, monkeypatch):
     run_experiment(path, tmp_path / "runs", force=[stage])
     assert len(scored) > 0
     assert json.loads(evals[0].read_text())["results"][-1]["zeroshot"]["tasks"] == first[-1]["zeroshot"]["tasks"]
+
+
+@needs_data
+def test_docs_shards_merge_to_the_whole(fast_tasks):
+    """--docs shards score exactly their documents, and merge_scores gives the result of scoring them at once."""
+    model, tok = model_of("llama"), tiny_tokenizer()
+    tasks = "piqa,arc_challenge"  # acc and acc_norm metrics
+    whole = evaluate_zeroshot(model, tok, tasks, limit=12, batch_size=4)
+    same = evaluate_zeroshot(model, tok, tasks, docs="0:12", batch_size=4)
+    parts = [evaluate_zeroshot(model, tok, tasks, docs=d, batch_size=4) for d in ("5:12", "0:5")]
+    for t in ("piqa", "arc_challenge"):
+        assert same.tasks[t].docs == [0, 12] and parts[0].tasks[t].docs == [5, 12] and parts[0].tasks[t].n == 7
+        merged = zeroshot.merge_scores([p.tasks[t] for p in parts])
+        for r in (same.tasks[t], merged):
+            assert r.n == 12 and r.docs == [0, 12]
+            for k in ("score", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
+                assert getattr(r, k) == pytest.approx(getattr(whole.tasks[t], k), abs=1e-12), (t, k)
+    with pytest.raises(DepthpruneError, match="not contiguous"):
+        zeroshot.merge_scores([parts[0].tasks["piqa"], same.tasks["piqa"]])
+
+
+@pytest.mark.parametrize("docs, message", [("5:5", "START < END"), ("a:b", "expected START:END"),
+                                           ("7", "expected START:END"), ("-1:3", "START < END")])
+def test_docs_range_rejected(docs, message):
+    with pytest.raises(DepthpruneError, match=message):
+        zeroshot.parse_docs(docs)
+
+
+@needs_data
+def test_docs_beyond_split_and_with_limit_rejected(fast_tasks):
+    model = model_of("llama")
+    with pytest.raises(DepthpruneError, match="only 500 documents"):
+        evaluate_zeroshot(model, tiny_tokenizer(), "openbookqa", docs="500:600")
+    with pytest.raises(DepthpruneError, match="not both"):
+        evaluate_zeroshot(model, tiny_tokenizer(), "openbookqa", docs="0:10", limit=5)

@@ -10,7 +10,7 @@ from depthprune.core.options import FieldProblems, Options
 from depthprune.data.tokens import BOS_MODES
 from depthprune.errors import DepthpruneError
 from depthprune.evaluation.samples import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS
-from depthprune.evaluation.zeroshot import BACKENDS, PAPER_TASKS, SOURCES, parse_tasks
+from depthprune.evaluation.zeroshot import BACKENDS, PAPER_TASKS, SOURCES, parse_docs, parse_tasks
 
 
 class PerplexitySettings(Options):
@@ -32,6 +32,9 @@ class ZeroShotOptions(Options):
     tasks: list[str] | None = Field(None, validate_default=True,
                                     description="task names (default: all 7: " + ", ".join(PAPER_TASKS) + ")")
     limit: int | None = Field(None, ge=1, description="score only the first N examples of each task")
+    docs: str | None = Field(None, description="score only documents START:END of each task (0-based, END "
+                                               "exclusive, clipped to the split), e.g. 0:1000: shards of a split "
+                                               "that merge exactly into the full-set result (merge_scores)")
     batch_size: int | Literal["auto"] = Field(
         8, description="requests per model call, or auto (fast backend: the largest its memory budget allows)")
     backend: Literal[BACKENDS] = Field("fast", description="fast: shared contexts, LM head at scored tokens only, "
@@ -49,6 +52,19 @@ class ZeroShotOptions(Options):
         if v != "auto" and v < 1:
             raise ValueError(f"must be a positive integer or auto, got {v!r}")
         return v
+
+    @field_validator("docs")
+    @classmethod
+    def _range(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_docs(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_selection(self):
+        if self.docs is not None and self.limit is not None:
+            raise ValueError("give --limit (the first N documents) or --docs START:END, not both")
+        return self
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -23,5 +23,5 @@ def zeroshot(model, tokenizer=None, *, quiet: bool = True, **options) -> ZeroSho
     """Zero-shot accuracy of ``model`` (loaded, or a source) on the paper's tasks; see ZeroShotOptions."""
     opts = build(ZeroShotOptions, options)
     model, tokenizer = ensure_loaded(model, tokenizer)
-    return evaluate_zeroshot(model, tokenizer, opts.tasks, limit=opts.limit, batch_size=opts.batch_size,
+    return evaluate_zeroshot(model, tokenizer, opts.tasks, limit=opts.limit, docs=opts.docs, batch_size=opts.batch_size,
                              source=opts.source, quiet=quiet, backend=opts.backend, cache_dir=opts.cache_dir)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 
 import torch
@@ -56,6 +57,7 @@ class TaskScore:
     acc_norm: float | None
     acc_norm_stderr: float | None
     data_files: list[str] = field(default_factory=list)
+    docs: list[int] | None = None  # [start, end) of the documents scored, when a --docs shard
 
 
 @dataclass
@@ -129,6 +131,64 @@ def parse_tasks(tasks: str | Iterable[str] | None) -> list[str]:
     if unknown:
         raise DepthpruneError(f"unknown task(s) {', '.join(unknown)}; available: {', '.join(PAPER_TASKS)}")
     return list(dict.fromkeys(names))
+
+
+def parse_docs(docs: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"START:END"`` (or a pair) as a (start, end) document range, 0 <= START < END; None stays None."""
+    if docs is None:
+        return None
+    try:
+        start, end = (int(x) for x in (docs.split(":") if isinstance(docs, str) else docs))
+    except (TypeError, ValueError):
+        raise DepthpruneError(f"--docs {docs!r}: expected START:END, e.g. 0:1000") from None
+    if not 0 <= start < end:
+        raise DepthpruneError(f"--docs {docs!r}: needs 0 <= START < END (END exclusive), e.g. 0:1000")
+    return start, end
+
+
+def _shard_samples(loaded: dict, docs: tuple[int, int] | None) -> dict[str, list[int]] | None:
+    """lm-eval's ``samples`` (document indices per task) for a --docs range, clipped to each split."""
+    if docs is None:
+        return None
+    out = {}
+    for t, obj in loaded.items():
+        n = len(obj.eval_docs)
+        if docs[0] >= n:
+            raise DepthpruneError(f"--docs {docs[0]}:{docs[1]}: {t} has only {n} documents")
+        out[obj.task_name] = list(range(docs[0], min(docs[1], n)))
+    return out
+
+
+def merge_scores(parts: Sequence[TaskScore]) -> TaskScore:
+    """One task's score over contiguous --docs shards from document 0: the same as scoring their union at once.
+
+    Accuracies are 0/1 per document, so the mean and lm-eval's standard error (sample standard deviation over
+    sqrt(n)) follow from each shard's n and mean: SE = sqrt(p (1 - p) / (n - 1)). Shards that tile the split
+    give the full-set score (``docs`` None).
+    """
+    if not parts:
+        raise DepthpruneError("merge_scores: no shards given")
+    parts = sorted(parts, key=lambda p: (p.docs or [0])[0])
+    first = parts[0]
+    if len({(p.task, p.source, p.n_total) for p in parts}) != 1:
+        raise DepthpruneError("merge_scores: the shards are not of one task, source and split")
+    edges = [p.docs or [0, p.n] for p in parts]
+    if edges[0][0] != 0 or any(a[1] != b[0] for a, b in zip(edges, edges[1:])):
+        raise DepthpruneError(f"merge_scores: shards {edges} are not contiguous from document 0")
+    n = sum(p.n for p in parts)
+
+    def mean_se(metric: str) -> tuple[float | None, float | None]:
+        values = [getattr(p, metric) for p in parts]
+        if any(v is None for v in values):
+            return None, None
+        mean = sum(v * p.n for v, p in zip(values, parts)) / n
+        return mean, math.sqrt(mean * (1 - mean) / (n - 1)) if n > 1 else None
+
+    acc, acc_se = mean_se("acc")
+    acc_norm, acc_norm_se = mean_se("acc_norm")
+    score = acc if first.metric == "acc" else acc_norm
+    return replace(first, n=n, score=score, acc=acc, acc_stderr=acc_se, acc_norm=acc_norm,
+                   acc_norm_stderr=acc_norm_se, docs=None if n == first.n_total else [0, n])
 
 
 def resolve_sources(tasks: Sequence[str], source: str = "auto") -> dict[str, str]:
@@ -225,11 +285,13 @@ def _task_files(task: str, source: str) -> list[str]:
 
 
 def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None, limit: int | None = None,
-                      batch_size: int | str = 8, source: str = "auto", max_length: int | None = None,
-                      quiet: bool = True, backend: str = "fast", cache_dir: str | None = None) -> ZeroShotResult:
+                      docs: str | Sequence[int] | None = None, batch_size: int | str = 8, source: str = "auto",
+                      max_length: int | None = None, quiet: bool = True, backend: str = "fast",
+                      cache_dir: str | None = None) -> ZeroShotResult:
     """Zero-shot accuracy of a live model on the paper's commonsense tasks (all 7 by default).
 
-    ``limit`` scores only the first N examples of each task (a quick look; the average is then partial).
+    ``limit`` scores only the first N examples of each task (a quick look; the average is then partial);
+    ``docs`` (``"START:END"``) only that range of each split, a shard that :func:`merge_scores` combines exactly.
     ``source``: ``auto`` (local data when found, else lm-eval's hub tasks), ``local`` or ``hub``.
     ``backend``: ``fast`` (FastHFLM, fast_lm.py) or ``hf`` (lm-eval's stock HFLM). ``batch_size`` may be
     ``"auto"`` (fast: as large as its memory budget allows). ``cache_dir`` keeps every answer as it is computed
@@ -241,6 +303,9 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     names = parse_tasks(tasks)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DepthpruneError(f"--limit must be a positive integer (examples per task), got {limit!r}")
+    doc_range = parse_docs(docs)
+    if doc_range is not None and limit is not None:
+        raise DepthpruneError("give --limit (the first N documents) or --docs START:END, not both")
     if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise DepthpruneError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}")
     if backend not in BACKENDS:
@@ -252,13 +317,14 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     try:
         with _quiet_lm_eval(quiet):
             loaded, tm = _load_tasks(names, sources)
+            samples = _shard_samples(loaded, doc_range)
             lm = make_lm(model, tokenizer, batch_size, max_length, backend=backend)
             use_cache = None
             if cache_dir is not None:
                 use_cache = open_cache(cache_dir, cache_identity(model, tokenizer, backend, True, max_length))
             try:
                 out = simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=0, limit=limit,
-                                      task_manager=tm, log_samples=False, use_cache=use_cache)
+                                      samples=samples, task_manager=tm, log_samples=False, use_cache=use_cache)
             finally:
                 if use_cache is not None:
                     close_cache(lm)
@@ -266,6 +332,10 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
         model.train(was_training)
     wall = time.perf_counter() - t0
     scores = {t: _score(t, sources[t], obj.task_name, out) for t, obj in loaded.items()}
+    if samples is not None:
+        for t, obj in loaded.items():
+            idx = samples[obj.task_name]
+            scores[t].docs = [idx[0], idx[-1] + 1]
     complete = set(names) == set(PAPER_TASKS) and all(s.n == s.n_total for s in scores.values())
     return ZeroShotResult(
         tasks=scores, average=sum(s.score for s in scores.values()) / len(scores), average_complete=complete,

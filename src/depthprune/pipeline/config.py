@@ -194,13 +194,14 @@ class EvaluateSpec(Options):
     samples: SamplesOptions | None = Field(None, description="generation examples stored in eval.json (null: none)")
 
     def stage_dump(self, exclude: set[str]) -> dict:
-        """The settings an evaluation stage hashes; ``samples`` and ``zeroshot.dtype`` only when set (older runs
-        keep their hashes)."""
+        """The settings an evaluation stage hashes; ``samples``, ``zeroshot.dtype`` and ``.docs`` only when set
+        (older runs keep their hashes)."""
         out = self.model_dump(mode="json", exclude=exclude)
         if out.get("samples") is None:
             out.pop("samples", None)
-        if out.get("zeroshot") and out["zeroshot"].get("dtype") is None:
-            out["zeroshot"].pop("dtype")
+        for key in ("dtype", "docs"):
+            if out.get("zeroshot") and out["zeroshot"].get(key) is None:
+                out["zeroshot"].pop(key)
         return out
 
 

@@ -7,6 +7,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -122,3 +123,17 @@ def weight_bytes(model) -> int:
             seen.add(id(p))
             total += p.numel() * p.element_size()
     return total
+
+
+def merge_committed_rows(data: dict, committed: Path, key: Callable[[dict], tuple], measured: str) -> dict:
+    """``data`` ({"dense": {...}, "rows": [...]}) with each row that lacks ``measured`` taken from ``committed``.
+
+    runs/ is not committed, so a new checkout's run directory starts empty: rows measured in an earlier sitting
+    keep their figures from the committed JSON, and a table grows across sittings and machines.
+    """
+    if not committed.is_file():
+        return data
+    old = json.loads(committed.read_text())
+    done = {key(r): r for r in old["rows"] if measured in r}
+    rows = [r if measured in r else done.get(key(r), r) for r in data["rows"]]
+    return {"dense": old.get("dense", {}) | data["dense"], "rows": rows}

@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
 # The long measurements still to finish on this 2-core CPU, in two lanes of one thread each (two 2-thread jobs
 # starve each other: the zero-shot job got 40% of a core beside a 2-thread KD run, a full core with one thread
-# each). Every command resumes where it stopped (pipeline stages, zero-shot answer caches, training
-# checkpoints), so rerun this script after an interruption; what finished is skipped.
+# each). runs/ is not committed and a new checkout starts without it, so each lane works in units that end
+# with a committed-size result: a recovery row, a Table 7 variant, a Figure 5 variant (each *_table.py
+# --pending lists what the committed JSON lacks), a zero-shot task or 1000-document HellaSwag shard. Commit
+# docs/results/ as they land; rerunning this script (in the same or a new checkout) skips what is committed.
 #
 #   bash experiments/long_runs.sh            # both lanes in the background, logs in runs/long-runs-*.log
 #
-# Lane A: the recovery comparison (issue 17), then Figure 5 and Table 7 (issue 19).
-# Lane B: the 7-task zero-shot tables on full sets, bfloat16 (issue 16).
-# Afterwards: python experiments/recovery_table.py; python experiments/zeroshot_tables.py --report-only;
-# depthprune report runs/<name> --output docs/results/<dir>.
+# Lane A: the recovery comparison (issue 17), then Table 7 and Figure 5 (issue 19), each table rewritten after
+#   every unit. Lane B: the 7-task zero-shot tables on full sets, bfloat16 (issue 16).
 set -uo pipefail
+set -f  # the --only patterns are globs for depthprune, not for the shell
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=.venv/bin/python
 DP=.venv/bin/depthprune
 mkdir -p runs
 
+units() {  # experiment config, table script: run each pending unit, then rewrite the table
+  local config=$1 table=$2 pattern
+  for pattern in $("$PY" "$table" --pending); do
+    nice -n 10 "$DP" run "$config" --only "$pattern" --only base/eval && "$PY" "$table"
+  done
+}
+
 lane_a() {
-  nice -n 10 "$DP" run examples/recovery_gemma3_270m.yaml
-  nice -n 10 "$DP" run examples/figure5_init.yaml
-  nice -n 10 "$DP" run examples/table7_calibration.yaml --only '*-n10/*' --only '*-n50/*' --only '*-n100/*'
-  nice -n 10 "$DP" run examples/table7_calibration.yaml
+  units examples/recovery_gemma3_270m.yaml experiments/recovery_table.py
+  units examples/table7_calibration.yaml experiments/table7_table.py
+  units examples/figure5_init.yaml experiments/figure5_table.py
 }
 
 lane_b() {

@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from _common import RESULTS
+from _common import RESULTS, merge_committed_rows
 
 from depthprune.core.figures import plt, save_figure
 
@@ -109,21 +109,20 @@ def plot(data: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def merge_committed(data: dict, committed: Path) -> dict:
-    """Keep the committed figures of every row (and the dense baseline) that this run directory has not got."""
-    if not committed.is_file():
-        return data
-    old = json.loads(committed.read_text())
-    done = {(r["variant"], r["blocks_removed"]): r for r in old["rows"] if "wikitext2" in r}
-    rows = [r if "wikitext2" in r else done.get((r["variant"], r["blocks_removed"]), r) for r in data["rows"]]
-    return {"dense": old.get("dense", {}) | data["dense"], "rows": rows}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default=str(ROOT / "runs" / "recovery-gemma3-270m"))
-    run = Path(p.parse_args().run).resolve()
-    data = merge_committed(collect(run), RESULTS / "recovery_gemma3_270m.json")
+    p.add_argument("--pending", action="store_true", help="print the --only pattern of each row not measured yet, "
+                                                          "cheapest first, and write nothing")
+    a = p.parse_args()
+    run = Path(a.run).resolve()
+    data = merge_committed_rows(collect(run), RESULTS / "recovery_gemma3_270m.json",
+                                lambda r: (r["variant"], r["blocks_removed"]), "wikitext2")
+    if a.pending:
+        todo = sorted((r for r in data["rows"] if "wikitext2" not in r),
+                      key=lambda r: (r["budget"], r["blocks_removed"]))
+        print("\n".join(f"{r['variant']}/k{r['blocks_removed']}/*" for r in todo))
+        return
     (RESULTS / "recovery_gemma3_270m.json").write_text(json.dumps(data, indent=2) + "\n")
     plot(data, RESULTS / "recovery_gemma3_270m.png")
     (RESULTS / "recovery_gemma3_270m.md").write_text(markdown(data, run.relative_to(ROOT) if run.is_relative_to(ROOT)

@@ -1,14 +1,15 @@
 """The paper's 7-task zero-shot table on Gemma 3 270M: dense, ppl one-shot 4 and 6 blocks, iterative 4, 4 + CPT.
 
 Each (model, task) is one ``depthprune eval zeroshot --resume`` process (full task set, FastHFLM, ``--dtype``
-bfloat16 by default, ``--batch-size auto``) writing ``docs/results/zeroshot/<dtype>/<model>/<task>.json``; a
-finished pair is skipped and an
-interrupted one resumes from its answer cache (``<task>.json.cache``, gitignored), so the table fills in over
-several sittings. Missing models are made first with the commands below (the CPT recipe of
-docs/results/retrain_gemma3_270m.md). Then ``docs/results/zeroshot_gemma3_270m.md`` is written from whatever is
-finished (a model's average only once all 7 tasks are), with every (model, task) run in both dtypes compared:
-bfloat16 is the default because on an AVX-512-BF16 CPU it is ~2x faster, and the comparison shows whether its
-accuracies stay within a standard error of float32's.
+bfloat16 by default, ``--batch-size auto``) writing ``docs/results/zeroshot/<dtype>/<model>/<task>.json``; HellaSwag
+(10,042 documents, ~2 h a model on one thread) runs as ``--docs`` shards of 1000 documents (``<task>.docsSTART-
+END.json``, merged exactly by ``merge_scores`` once they tile the split). A finished file is skipped and an
+interrupted one resumes from its answer cache (``.cache``, gitignored), so the table fills in over several sittings
+and checkouts; every model's small tasks run before the sharded ones. Missing models are made first with the
+commands below (the CPT recipe of docs/results/retrain_gemma3_270m.md). Then
+``docs/results/zeroshot_gemma3_270m.md`` is written from whatever is finished (a model's average only once all 7
+tasks are), with every (model, task) run in both dtypes compared: bfloat16 is the default because on an AVX-512-BF16
+CPU it is ~2x faster, and the comparison shows whether its accuracies stay within a standard error of float32's.
 
     nice -n 10 python experiments/zeroshot_tables.py                 # many hours on a 2-core CPU; rerun resumes
     python experiments/zeroshot_tables.py --report-only              # rewrite the Markdown from the JSON
@@ -224,10 +225,13 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args()
     if not a.report_only:
-        for label in a.models.split(","):
-            for task in a.tasks.split(","):
-                run_task(label, task, a.dtype)
-                report()
+        tasks = a.tasks.split(",")
+        for sharded in (False, True):  # every model's small tasks first, then the long, sharded ones
+            for label in a.models.split(","):
+                for task in tasks:
+                    if (task in SHARD_DOCS) == sharded:
+                        run_task(label, task, a.dtype)
+                        report()
     report()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -137,3 +138,27 @@ def merge_committed_rows(data: dict, committed: Path, key: Callable[[dict], tupl
     done = {key(r): r for r in old["rows"] if measured in r}
     rows = [r if measured in r else done.get(key(r), r) for r in data["rows"]]
     return {"dense": old.get("dense", {}) | data["dense"], "rows": rows}
+
+
+def run_table_cli(doc: str, name: str, run_default: str, build: Callable[[Path], dict],
+                  pending: Callable[[dict], list[str]], markdown: Callable[[dict, Path], str],
+                  plot: Callable[[dict, Path], None] | None = None) -> None:
+    """The command line of a results table kept across sittings: ``--run DIR`` (runs/<run_default>) and
+    ``--pending`` (print the ``depthprune run --only`` pattern of each unit not measured yet, write nothing);
+    otherwise ``docs/results/<name>.{json,md}`` (and ``.png`` with ``plot``) from ``build(run)``."""
+    root = RESULTS.parent.parent
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--run", default=str(root / "runs" / run_default))
+    p.add_argument("--pending", action="store_true", help="print the --only pattern of each unit not measured "
+                                                          "yet, cheapest first, and write nothing")
+    a = p.parse_args()
+    run = Path(a.run).resolve()
+    data = build(run)
+    if a.pending:
+        print("\n".join(pending(data)))
+        return
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if plot is not None:
+        plot(data, RESULTS / f"{name}.png")
+    (RESULTS / f"{name}.md").write_text(markdown(data, run.relative_to(root) if run.is_relative_to(root) else run))
+    print(f"wrote {RESULTS / f'{name}.md'}")

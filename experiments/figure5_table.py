@@ -12,11 +12,10 @@ committed figures, so the two variants can run in different sittings:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from _common import RESULTS
+from _common import RESULTS, run_table_cli
 
 from depthprune.core.figures import plt, save_figure
 
@@ -93,22 +92,13 @@ def markdown(data: dict, run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pending(data: dict) -> list[str]:
+    return [f"{v}/*" for v in VARIANTS if not any(r["variant"] == v and "wikitext2" in r for r in data["rows"])]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=str(ROOT / "runs" / "figure5-init"))
-    p.add_argument("--pending", action="store_true", help="print the --only pattern of each variant not measured "
-                                                          "yet, and write nothing")
-    a = p.parse_args()
-    run = Path(a.run).resolve()
-    data = merge(collect(run), RESULTS / f"{NAME}.json")
-    if a.pending:
-        print("\n".join(f"{v}/*" for v in VARIANTS if not any(r["variant"] == v and "wikitext2" in r
-                                                               for r in data["rows"])))
-        return
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot(data, RESULTS / f"{NAME}.png")
-    (RESULTS / f"{NAME}.md").write_text(markdown(data, run.relative_to(ROOT) if run.is_relative_to(ROOT) else run))
-    print(f"wrote {RESULTS / f'{NAME}.md'}")
+    run_table_cli(__doc__, NAME, "figure5-init", lambda run: merge(collect(run), RESULTS / f"{NAME}.json"),
+                  pending, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ so the table grows across sittings and machines.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
-from _common import RESULTS, merge_committed_rows
+from _common import RESULTS, merge_committed_rows, run_table_cli
 
 from depthprune.core.figures import plt, save_figure
 
@@ -109,25 +108,17 @@ def plot(data: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def pending(data: dict) -> list[str]:
+    todo = sorted((r for r in data["rows"] if "wikitext2" not in r), key=lambda r: (r["budget"], r["blocks_removed"]))
+    return [f"{r['variant']}/k{r['blocks_removed']}/*" for r in todo]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=str(ROOT / "runs" / "recovery-gemma3-270m"))
-    p.add_argument("--pending", action="store_true", help="print the --only pattern of each row not measured yet, "
-                                                          "cheapest first, and write nothing")
-    a = p.parse_args()
-    run = Path(a.run).resolve()
-    data = merge_committed_rows(collect(run), RESULTS / "recovery_gemma3_270m.json",
-                                lambda r: (r["variant"], r["blocks_removed"]), "wikitext2")
-    if a.pending:
-        todo = sorted((r for r in data["rows"] if "wikitext2" not in r),
-                      key=lambda r: (r["budget"], r["blocks_removed"]))
-        print("\n".join(f"{r['variant']}/k{r['blocks_removed']}/*" for r in todo))
-        return
-    (RESULTS / "recovery_gemma3_270m.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot(data, RESULTS / "recovery_gemma3_270m.png")
-    (RESULTS / "recovery_gemma3_270m.md").write_text(markdown(data, run.relative_to(ROOT) if run.is_relative_to(ROOT)
-                                                              else run))
-    print(f"wrote {RESULTS / 'recovery_gemma3_270m.md'}")
+    def build(run: Path) -> dict:
+        return merge_committed_rows(collect(run), RESULTS / "recovery_gemma3_270m.json",
+                                    lambda r: (r["variant"], r["blocks_removed"]), "wikitext2")
+
+    run_table_cli(__doc__, "recovery_gemma3_270m", "recovery-gemma3-270m", build, pending, markdown, plot)
 
 
 if __name__ == "__main__":

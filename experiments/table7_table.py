@@ -10,11 +10,10 @@ sittings: run a part with ``depthprune run examples/table7_calibration.yaml --on
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from _common import RESULTS, merge_committed_rows
+from _common import RESULTS, merge_committed_rows, run_table_cli
 from recovery_table import zeroshot_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,22 +88,17 @@ def markdown(data: dict, run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pending(data: dict) -> list[str]:
+    todo = {(r["samples"], r["criterion"]) for r in data["rows"] if "wikitext2" not in r}
+    return [f"{c}-n{n}/*" for n, c in sorted(todo)]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=str(ROOT / "runs" / "table7-calibration"))
-    p.add_argument("--pending", action="store_true", help="print the --only pattern of each variant not measured "
-                                                          "yet, fewest samples first, and write nothing")
-    a = p.parse_args()
-    run = Path(a.run).resolve()
-    data = merge_committed_rows(collect(run), RESULTS / f"{NAME}.json",
-                                lambda r: (r["criterion"], r["samples"], r["blocks_removed"]), "wikitext2")
-    if a.pending:
-        todo = {(r["samples"], r["criterion"]) for r in data["rows"] if "wikitext2" not in r}
-        print("\n".join(f"{c}-n{n}/*" for n, c in sorted(todo)))
-        return
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / f"{NAME}.md").write_text(markdown(data, run.relative_to(ROOT) if run.is_relative_to(ROOT) else run))
-    print(f"wrote {RESULTS / f'{NAME}.md'}")
+    def build(run: Path) -> dict:
+        return merge_committed_rows(collect(run), RESULTS / f"{NAME}.json",
+                                    lambda r: (r["criterion"], r["samples"], r["blocks_removed"]), "wikitext2")
+
+    run_table_cli(__doc__, NAME, "table7-calibration", build, pending, markdown)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ lane_a() {
   units examples/figure5_init.yaml experiments/figure5_table.py
 }
 
-lane_b() {
+lane_b() {  # zero-shot small tasks of every model, full test-set PPL, then the HellaSwag shards
+  nice -n 10 "$PY" experiments/zeroshot_tables.py --tasks piqa,boolq,arc_easy,arc_challenge,openbookqa,winogrande
+  nice -n 10 "$PY" experiments/full_ppl_tables.py
   nice -n 10 "$PY" experiments/zeroshot_tables.py
 }
 

@@ -9,7 +9,7 @@
 #   bash experiments/long_runs.sh            # both lanes in the background, logs in runs/long-runs-*.log
 #
 # Lane A: the recovery comparison (issue 17), then Table 7 and Figure 5 (issue 19), each table rewritten after
-#   every unit. Lane B: the 7-task zero-shot tables on full sets, bfloat16 (issue 16).
+#   every unit. Lane B: the 7-task zero-shot tables on full sets, bfloat16 (issue 16), and full test-set PPL.
 set -uo pipefail
 set -f  # the --only patterns are globs for depthprune, not for the shell
 cd "$(dirname "$0")/.."

@@ -295,3 +295,21 @@ def test_zeroshot_in_its_own_dtype_after_float32_ppl(files, tmp_path):
     assert result["zeroshot"]["dtype"] == "bfloat16"
     with pytest.raises(DepthpruneError, match="dtype"):
         load_config(write(tmp_path / "bad.yaml", tiny_config(files, evaluate={"zeroshot": zs | {"dtype": "fp8"}})))
+
+
+@pytest.mark.parametrize("native, want", [(True, "bfloat16"), (False, "float32")])
+def test_zeroshot_bfloat16_if_native_follows_the_cpu(files, tmp_path, monkeypatch, native, want):
+    """``bfloat16-if-native``: bf16 where the CPU computes it natively, float32 where bf16 would be emulated."""
+    from depthprune.models import placement
+    from depthprune.pipeline import run_experiment
+
+    monkeypatch.setattr(placement, "cpu_has_native_bf16", lambda: native)
+    assert placement.native_bf16_or_float32("cpu") == want
+    zs = {"tasks": ["piqa"], "limit": 2, "batch_size": 2, "dtype": "bfloat16-if-native"}
+    cfg = tiny_config(files, name="zsnative", retrain=[], bench=None, prune={"criterion": "magnitude",
+                                                                             "target": {"num_blocks": 1}},
+                      evaluate={"baseline": False, "ppl": None, "zeroshot": zs})
+    cfg["model"]["dtype"] = "float32"
+    run_experiment(write(tmp_path / "zsnative.yaml", cfg), tmp_path / "runs")
+    result = json.loads((tmp_path / "runs" / "zsnative" / "eval.json").read_text())["results"][-1]
+    assert result["zeroshot"]["dtype"] == want

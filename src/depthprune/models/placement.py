@@ -41,6 +41,18 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+NATIVE_BF16 = "bfloat16-if-native"
+"""A dtype choice for work that bf16 does not change beyond its noise (zero-shot accuracy): bfloat16 on a GPU or
+a CPU with native bf16 instructions, float32 elsewhere (emulated bf16 matmuls are several times slower than
+float32 on an AVX2-only CPU)."""
+
+
+def native_bf16_or_float32(device: str = "auto") -> str:
+    """``bfloat16`` where ``device`` computes it natively (CUDA, or a CPU with AVX-512 BF16 / AMX), else float32."""
+    native = _effective_device(device) != "cpu" or cpu_has_native_bf16()
+    return "bfloat16" if native else "float32"
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
     """``auto``: the checkpoint's dtype on GPUs; on CPUs float32, or bfloat16 where it is native and enabled."""
     if isinstance(dtype, torch.dtype):

@@ -179,10 +179,12 @@ class PplSpec(PerplexitySettings):
 
 
 class ZeroShotSpec(ZeroShotOptions):
-    dtype: Dtype | None = Field(None, description="score the tasks with the model loaded in this dtype (default: "
-                                                  "model.dtype, as PPL); bfloat16 is ~4x faster on CPUs with "
-                                                  "AVX-512 BF16 and agrees with float32 within a standard error "
-                                                  "(docs/results/zeroshot_gemma3_270m.md)")
+    dtype: Dtype | Literal["bfloat16-if-native"] | None = Field(
+        None, description="score the tasks with the model loaded in this dtype (default: model.dtype, as PPL); "
+                          "bfloat16 is ~4x faster on CPUs with AVX-512 BF16 and agrees with float32 within a "
+                          "standard error (docs/results/zeroshot_gemma3_270m.md), but ~7x slower than float32 on "
+                          "AVX2-only CPUs; bfloat16-if-native takes bfloat16 on GPUs and native-bf16 CPUs, float32 "
+                          "elsewhere (eval.json records which)")
 
 
 class EvaluateSpec(Options):

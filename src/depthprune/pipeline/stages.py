@@ -34,6 +34,7 @@ from depthprune.importance.plot import plot_block_scores
 from depthprune.importance.scoring import score
 from depthprune.models.loading import load_model
 from depthprune.models.params import count_params
+from depthprune.models.placement import NATIVE_BF16, native_bf16_or_float32
 from depthprune.models.specs import num_blocks
 from depthprune.pipeline.config import ExperimentConfig, Leaf, ModelConfig, TargetSpec, step_dump
 from depthprune.pipeline.stagelog import config_hash
@@ -181,10 +182,13 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
                 + (" (same weights evaluated before: from the run's ppl-cache)" if hit else ""))
     if ev.zeroshot is not None:
         zs = ev.zeroshot.model_dump(exclude={"dtype"})
-        if ev.zeroshot.dtype is not None and ev.zeroshot.dtype != c.model.dtype:
+        dtype = ev.zeroshot.dtype
+        if dtype == NATIVE_BF16:
+            dtype = native_bf16_or_float32(c.model.device)
+        if dtype is not None and dtype != c.model.dtype:
             del lm  # PPL is done: load the zero-shot dtype in its place, not beside it
             gc.collect()
-            lm = load(c.model.model_copy(update={"dtype": ev.zeroshot.dtype}), src)
+            lm = load(c.model.model_copy(update={"dtype": dtype}), src)
         if zs["cache_dir"] is None and cache_root is not None:
             zs["cache_dir"] = str(cache_root / label)
             try:

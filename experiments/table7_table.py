@@ -68,7 +68,8 @@ def markdown(data: dict, run: Path) -> str:
              "expected time): 10 / 50 / 100 / 1000 calibration samples of 128 War-and-Peace tokens for the "
              "`ppl` and `taylor+` criteria, 4 and 6 of 18 blocks removed. PPL on the first 200 windows of 128 "
              "tokens of WikiText-2 / PTB; zero-shot: the paper's 7-task average (its metric per task) on the "
-             "first 200 documents of each task in bfloat16, ± its standard error. Dense: "
+             "first 200 documents of each task, ± its standard error (bfloat16 where the CPU has native bf16, "
+             "else float32, marked fp32). Dense: "
              f"{dense.get('wikitext2', float('nan')):.2f} / {dense.get('ptb', float('nan')):.2f}"
              + (f", zero-shot {dense['zeroshot_avg']:.2f} ± {dense['zeroshot_se']:.2f}" if "zeroshot_avg" in dense
                 else "") + ". A dash: not run yet (the run resumes; `--only` runs a part).", "",
@@ -79,6 +80,7 @@ def markdown(data: dict, run: Path) -> str:
         removed = ", ".join(map(str, r["removed"])) if "removed" in r else "–"
         ppl = f"{r['wikitext2']:.2f} | {r['ptb']:.2f}" if "wikitext2" in r else "– | –"
         zs = f"{r['zeroshot_avg']:.2f} ± {r['zeroshot_se']:.2f}" if "zeroshot_avg" in r else "–"
+        zs += " (fp32)" if r.get("zeroshot_dtype") == "float32" else ""
         lines.append(f"| {r['criterion']} | {r['samples']} | {r['blocks_removed']} | {removed} | {ppl} | {zs} |")
     found = verdicts(data["rows"])
     if found:

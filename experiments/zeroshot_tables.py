@@ -213,8 +213,8 @@ def report() -> None:
             lines.append("")
     lines += ["Models: " + "; ".join(f"**{k}** `{v[0]}`" + (" from `depthprune " + " ".join(v[1][0]) + "`"
                                                              if v[1] else "") for k, v in MODELS.items()),
-              "", "Reproduce: `nice -n 10 python experiments/zeroshot_tables.py` (bfloat16; resumes; "
-                  "`--dtype float32` for the reference; `--report-only` rewrites this file)."]
+              "", "Reproduce: `nice -n 10 python experiments/zeroshot_tables.py` (bfloat16 on a CPU with native bf16, "
+                  "float32 elsewhere; `--dtype` to choose; resumes; `--report-only` rewrites this file)."]
     path = RESULTS / "zeroshot_gemma3_270m.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")

@@ -435,27 +435,28 @@ def test_pipeline_zeroshot_resumes_from_its_cache(tmp_path, monkeypatch):
     run_experiment(path, tmp_path / "runs")
     run = tmp_path / "runs" / "zs"
     evals = [run / "eval.json"]  # the pruned model's (base/eval.json: the unpruned one's)
-    assert (run / "base" / "zeroshot-cache" / "base" / "manifest.json").is_file()
     first = json.loads(evals[0].read_text())["results"]
-    caches = sorted(p.parent.name for p in (evals[0].parent / "zeroshot-cache").glob("*/manifest.json"))
-    assert caches == sorted(r["label"] for r in first)
+    caches = sorted((run / "zeroshot-cache").glob("*/manifest.json"))
+    assert len(caches) == 2  # the unpruned model's and the pruned one's, named by their identities
+    assert {json.loads(p.read_text())["num_layers"] for p in caches} == {3, 2}
 
     scored = []
     original = FastHFLM._loglikelihood_tokens
     monkeypatch.setattr(FastHFLM, "_loglikelihood_tokens",
                         lambda self, reqs, *a, **k: scored.extend(reqs) or original(self, reqs, *a, **k))
-    stage = "eval"
-    run_experiment(path, tmp_path / "runs", force=[stage])
+    run_experiment(path, tmp_path / "runs", force=["eval"])
     again = json.loads(evals[0].read_text())["results"]
     assert scored == []  # every answer came from the cache
     assert [r["zeroshot"]["tasks"] for r in again] == [r["zeroshot"]["tasks"] for r in first]
 
-    label = first[-1]["label"]  # a cache of other weights under this label (a forced rerun): replaced, not reused
-    manifest = evals[0].parent / "zeroshot-cache" / label / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"weights_sha256": "', '"weights_sha256": "0'))
-    run_experiment(path, tmp_path / "runs", force=[stage])
-    assert len(scored) > 0
-    assert json.loads(evals[0].read_text())["results"][-1]["zeroshot"]["tasks"] == first[-1]["zeroshot"]["tasks"]
+    # the same weights under other names (variants whose criterion picks the same block): from the cache
+    cfg["variants"] = {"a": {}, "b": {"calibration": {"samples": 3}}}
+    path.write_text(yaml.safe_dump(cfg))
+    run_experiment(path, tmp_path / "runs")
+    assert scored == []
+    for v in ("a", "b"):
+        res = json.loads((run / v / "eval.json").read_text())["results"]
+        assert res[-1]["zeroshot"]["tasks"] == first[-1]["zeroshot"]["tasks"]
 
 
 @needs_data
@@ -491,3 +492,28 @@ def test_docs_beyond_split_and_with_limit_rejected(fast_tasks):
         evaluate_zeroshot(model, tiny_tokenizer(), "openbookqa", docs="500:600")
     with pytest.raises(DepthpruneError, match="not both"):
         evaluate_zeroshot(model, tiny_tokenizer(), "openbookqa", docs="0:10", limit=5)
+
+
+@needs_data
+def test_docs_shards_on_bf16_weights_and_a_dispatched_model(tmp_path, fast_tasks):
+    """Shards of a bf16 model and of a disk-offloaded accelerate dispatch merge to the unsharded result."""
+    from accelerate import dispatch_model
+
+    tasks = "piqa,arc_easy"
+    tok = tiny_tokenizer()
+    bf16 = model_of("gemma3_text", torch.bfloat16)
+    whole = evaluate_zeroshot(bf16, tok, tasks, limit=10, batch_size=4)
+    parts = [evaluate_zeroshot(bf16, tok, tasks, docs=d, batch_size=4) for d in ("0:4", "4:10")]
+    assert whole.dtype == "bfloat16"
+    plain = evaluate_zeroshot(model_of("llama"), tok, tasks, limit=10, batch_size=4)
+    model = tiny_model("llama", layers=4)  # the same seed as model_of("llama"): the same weights
+    dm = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "cpu",
+          "model.layers.3": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = dispatch_model(model, device_map=dm, main_device="cpu", offload_dir=str(tmp_path / "offload"))
+    shards = [evaluate_zeroshot(model, tok, tasks, docs=d, batch_size=4) for d in ("0:4", "4:10")]
+    for t in ("piqa", "arc_easy"):
+        for want, got in ((whole, parts), (plain, shards)):
+            merged = zeroshot.merge_scores([p.tasks[t] for p in got])
+            assert merged.n == 10 and merged.docs == [0, 10]
+            for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
+                assert getattr(merged, k) == pytest.approx(getattr(want.tasks[t], k), abs=1e-12), (t, k)

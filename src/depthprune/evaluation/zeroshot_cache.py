@@ -89,7 +89,8 @@ def cache_identity(model, tokenizer, backend: str, add_bos_token: bool = True, m
     }
 
 
-def _key(identity: dict) -> str:
+def cache_key(identity: dict) -> str:
+    """A short hash of a cache identity: names the database file and, in a pipeline run, its directory."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -123,7 +124,7 @@ def open_cache(cache_dir: str | Path, identity: dict) -> str:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(identity, indent=2) + "\n")
         tmp.replace(path)
-    return str(d / f"lm_cache_{_key(identity)}")
+    return str(d / f"lm_cache_{cache_key(identity)}")
 
 
 def _short(v) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from depthprune.core.versions import library_versions
 from depthprune.evaluation.ppl_cache import cached, model_identity
 from depthprune.evaluation.run import perplexity, zeroshot
 from depthprune.evaluation.samples import samples_json
-from depthprune.evaluation.zeroshot_cache import CacheMismatchError, cache_identity, open_cache
+from depthprune.evaluation.zeroshot_cache import cache_identity, cache_key
 from depthprune.importance.base import BlockScores
 from depthprune.importance.plot import plot_block_scores
 from depthprune.importance.scoring import score
@@ -52,6 +51,7 @@ EVAL_FILE = "eval.json"
 BENCH_FILE = "bench.json"
 BASE_DIR = "base"
 PPL_CACHE_DIR = "ppl-cache"  # PPL results by model identity, shared by every stage of the run
+ZEROSHOT_CACHE_DIR = "zeroshot-cache"  # zero-shot answers, a directory per model identity, shared likewise
 
 
 def log(msg: str) -> None:
@@ -159,9 +159,10 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
                    ppl_cache: Path | None = None) -> dict:
     """PPL on every dataset (zero-shot accuracy, generation examples) of one model, as a JSON-ready dict.
 
-    Zero-shot answers are kept in ``cache_root/<label>`` (unless the config names a cache) so an interrupted
-    evaluation resumes; a cache left by other weights of the same label (a forced rerun) is replaced. PPL results
-    are kept in ``ppl_cache`` by model identity (``evaluation.ppl_cache``): the same weights are evaluated once.
+    Zero-shot answers are kept in ``cache_root/<identity key>`` (unless the config names a cache) so an interrupted
+    evaluation resumes and the same weights under another label (two calibration volumes that pick the same
+    blocks) are answered from the cache. PPL results are kept in ``ppl_cache`` by model identity
+    (``evaluation.ppl_cache``): the same weights are evaluated once.
     """
     ev = c.evaluate
     lm = load(c.model, src)
@@ -190,12 +191,10 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
             gc.collect()
             lm = load(c.model.model_copy(update={"dtype": dtype}), src)
         if zs["cache_dir"] is None and cache_root is not None:
-            zs["cache_dir"] = str(cache_root / label)
-            try:
-                open_cache(zs["cache_dir"], cache_identity(lm.model, lm.tokenizer, zs["backend"]))
-            except CacheMismatchError:
-                log(f"  {label}: zero-shot cache {zs['cache_dir']} is of other weights; starting it again")
-                shutil.rmtree(zs["cache_dir"])
+            key = cache_key(cache_identity(lm.model, lm.tokenizer, zs["backend"]))
+            zs["cache_dir"] = str(cache_root / key)
+            if (cache_root / key).is_dir():
+                log(f"  {label}: zero-shot cache {key} exists (these weights were scored before): reusing it")
         res = zeroshot(lm.model, lm.tokenizer, **zs)
         entry["zeroshot"] = res.to_json()
         log(f"  {label}: zero-shot average {res.average * 100:.2f} over {', '.join(ev.zeroshot.tasks)}")
@@ -206,8 +205,8 @@ def evaluate_model(c: ExperimentConfig, label: str, src: str | Path, cache_root:
 
 
 def run_eval(c: ExperimentConfig, models: list[tuple[str, Path | str]], out: Path, extra: dict,
-             ppl_cache: Path | None = None) -> None:
-    results = [evaluate_model(c, label, src, out.parent / "zeroshot-cache", ppl_cache) for label, src in models]
+             ppl_cache: Path | None = None, zeroshot_cache: Path | None = None) -> None:
+    results = [evaluate_model(c, label, src, zeroshot_cache, ppl_cache) for label, src in models]
     write_json_atomic(out, {"experiment": extra, "final": models[-1][0], "results": results,
                             "settings": c.evaluate.model_dump(mode="json"), "seed": c.calibration.seed,
                             "versions": library_versions()})
@@ -316,7 +315,7 @@ def leaf_stages(root: Path, leaf: Leaf, finals: list[FinalModel]) -> list[Stage]
             deps = [final[2]] + ([quantized[2]] if quantized else [])
             stages.append(Stage(join(key, "eval"), "eval", cfg, deps, out,
                                 lambda ctx, models=models, out=out, extra=extra: run_eval(
-                                    c, models, out, extra, root / PPL_CACHE_DIR), [out]))
+                                    c, models, out, extra, root / PPL_CACHE_DIR, root / ZEROSHOT_CACHE_DIR), [out]))
         finals.append(FinalModel(key, final[0], final[1], final[2], quantized[1:] if quantized else None))
     return stages
 
@@ -333,7 +332,7 @@ def build_stages(root: Path, cfg: ExperimentConfig, leaves: list[Leaf]) -> tuple
                 "evaluate": first.evaluate.stage_dump({"baseline", "every_stage"})}
         stages.append(Stage(join(BASE_DIR, "eval"), "baseline", conf, [], out,
                             lambda ctx, out=out: run_eval(first, [("base", first.model.source)], out, extra,
-                                                          root / PPL_CACHE_DIR), [out]))
+                                                          root / PPL_CACHE_DIR, root / ZEROSHOT_CACHE_DIR), [out]))
     for leaf in leaves:
         stages += leaf_stages(root, leaf, finals)
     if first.bench is not None:

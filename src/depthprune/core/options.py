@@ -166,6 +166,7 @@ def build(model: type[BaseModel], values: dict, flags: bool = False, where: str 
         for loc, msg in validation_messages(exc):
             if flags and loc and loc[0] in model.model_fields:
                 problems.append(f"{flag_of(model, loc[0])} {msg}")
-            else:
-                problems.append(f"{where}{'.'.join(str(p) for p in loc) or '(top level)'}: {msg}")
+            else:  # a check across fields (no location) is named by where it sits, or by its message alone
+                path = (where + ".".join(str(p) for p in loc)).rstrip(". :")
+                problems.append(f"{path}: {msg}" if path else msg)
         raise DepthpruneError("; ".join(problems)) from None

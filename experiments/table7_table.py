@@ -23,13 +23,24 @@ TARGETS = (4, 6)
 NAME = "table7_calibration"
 
 
+def stage_walls(run: Path) -> dict[str, float]:
+    """Wall seconds of each finished stage of the run (``stages.json``), by stage id."""
+    path = run / "stages.json"
+    stages = json.loads(path.read_text())["stages"] if path.is_file() else {}
+    return {sid: st["wall_s"] for sid, st in stages.items() if st.get("status") == "done" and st.get("wall_s")}
+
+
 def collect(run: Path) -> dict:
     rows = []
+    walls = stage_walls(run)
     for crit in CRITERIA:
         for n in SAMPLES:
             for k in TARGETS:
                 tdir = run / f"{crit}-n{n}" / f"k{k}"
                 row = {"criterion": crit, "samples": n, "blocks_removed": k}
+                for what, sid in (("score_s", f"{crit}-n{n}/score"), ("eval_s", f"{crit}-n{n}/k{k}/eval")):
+                    if sid in walls:
+                        row[what] = walls[sid]
                 pruning, ev = tdir / "pruned" / "pruning.json", tdir / "eval.json"
                 if pruning.is_file():
                     row["removed"] = sorted(json.loads(pruning.read_text())["removed_blocks"])
@@ -73,15 +84,20 @@ def markdown(data: dict, run: Path) -> str:
              f"{dense.get('wikitext2', float('nan')):.2f} / {dense.get('ptb', float('nan')):.2f}"
              + (f", zero-shot {dense['zeroshot_avg']:.2f} ± {dense['zeroshot_se']:.2f}" if "zeroshot_avg" in dense
                 else "") + ". A dash: not run yet (the run resumes; `--only` runs a part).", "",
+             "Wall times on the shared 2-core CPU, one thread: scoring (once per criterion and volume, for both "
+             "targets) and the evaluation of each pruned model (PPL + zero-shot; under a minute when another row removed "
+             "the same blocks and its answers came from the run's caches).", "",
              "| criterion | samples | blocks removed | removed (0-based) | WikiText-2 | PTB | "
-             "zero-shot avg (7 tasks) |",
-             "|---|---:|---:|---|---:|---:|---:|"]
+             "zero-shot avg (7 tasks) | scoring (min) | eval (min) |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
         removed = ", ".join(map(str, r["removed"])) if "removed" in r else "–"
         ppl = f"{r['wikitext2']:.2f} | {r['ptb']:.2f}" if "wikitext2" in r else "– | –"
         zs = f"{r['zeroshot_avg']:.2f} ± {r['zeroshot_se']:.2f}" if "zeroshot_avg" in r else "–"
         zs += " (fp32)" if r.get("zeroshot_dtype") == "float32" else ""
-        lines.append(f"| {r['criterion']} | {r['samples']} | {r['blocks_removed']} | {removed} | {ppl} | {zs} |")
+        walls = " | ".join(f"{r[k] / 60:.1f}" if k in r else "–" for k in ("score_s", "eval_s"))
+        lines.append(f"| {r['criterion']} | {r['samples']} | {r['blocks_removed']} | {removed} | {ppl} | {zs} "
+                     f"| {walls} |")
     found = verdicts(data["rows"])
     if found:
         lines += ["", "Selections across calibration volumes (the paper: PPL stable from 10 samples, Taylor+ "

@@ -85,8 +85,8 @@ def markdown(data: dict, run: Path) -> str:
              + (f", zero-shot {dense['zeroshot_avg']:.2f} ± {dense['zeroshot_se']:.2f}" if "zeroshot_avg" in dense
                 else "") + ". A dash: not run yet (the run resumes; `--only` runs a part).", "",
              "Wall times on the shared 2-core CPU, one thread: scoring (once per criterion and volume, for both "
-             "targets) and the evaluation of each pruned model (PPL + zero-shot; under a minute when another row removed "
-             "the same blocks and its answers came from the run's caches).", "",
+             "targets) and the evaluation of each pruned model (PPL + zero-shot; under a minute when another row "
+             "removed the same blocks and its answers came from the run's caches).", "",
              "| criterion | samples | blocks removed | removed (0-based) | WikiText-2 | PTB | "
              "zero-shot avg (7 tasks) | scoring (min) | eval (min) |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]

@@ -144,7 +144,8 @@ def run_table_cli(doc: str, name: str, run_default: str, build: Callable[[Path],
                   pending: Callable[[dict], list[str]], markdown: Callable[[dict, Path], str],
                   plot: Callable[[dict, Path], None] | None = None) -> None:
     """The command line of a results table kept across sittings: ``--run DIR`` (runs/<run_default>) and
-    ``--pending`` (print the ``depthprune run --only`` pattern of each unit not measured yet, write nothing);
+    ``--pending`` (print the ``depthprune run --only`` pattern of each unit not measured yet, and ``base/eval``
+    while the table has no dense row; write nothing);
     otherwise ``docs/results/<name>.{json,md}`` (and ``.png`` with ``plot``) from ``build(run)``."""
     root = RESULTS.parent.parent
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -154,8 +155,9 @@ def run_table_cli(doc: str, name: str, run_default: str, build: Callable[[Path],
     a = p.parse_args()
     run = Path(a.run).resolve()
     data = build(run)
-    if a.pending:
-        print("\n".join(pending(data)))
+    if a.pending:  # the unpruned model's evaluation last, and only while the committed table lacks it
+        base = ["base/eval"] if "dense" in data and "wikitext2" not in data["dense"] else []
+        print("\n".join(pending(data) + base))
         return
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     if plot is not None:

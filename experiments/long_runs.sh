@@ -3,7 +3,8 @@
 # starve each other: the zero-shot job got 40% of a core beside a 2-thread KD run, a full core with one thread
 # each). runs/ is not committed and a new checkout starts without it, so each lane works in units that end
 # with a committed-size result: a recovery row, a Table 7 variant, a Figure 5 variant (each *_table.py
-# --pending lists what the committed JSON lacks), a zero-shot task or 1000-document HellaSwag shard. Commit
+# --pending lists what the committed JSON lacks, the unpruned model's evaluation only while its table has no
+# dense row), a zero-shot task or 1000-document HellaSwag shard. Commit
 # docs/results/ as they land; rerunning this script (in the same or a new checkout) skips what is committed.
 #
 #   bash experiments/long_runs.sh            # both lanes in the background, logs in runs/long-runs-*.log
@@ -21,7 +22,7 @@ mkdir -p runs
 units() {  # experiment config, table script: run each pending unit, then rewrite the table
   local config=$1 table=$2 pattern
   for pattern in $("$PY" "$table" --pending); do
-    nice -n 10 "$DP" run "$config" --only "$pattern" --only base/eval && "$PY" "$table"
+    nice -n 10 "$DP" run "$config" --only "$pattern" && "$PY" "$table"
   done
 }
 

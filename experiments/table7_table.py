@@ -90,7 +90,8 @@ def markdown(data: dict, run: Path) -> str:
              "tokens of WikiText-2 / PTB; zero-shot: the paper's 7-task average (its metric per task) on the "
              "first 200 documents of each task, ± its standard error (bfloat16 where the CPU has native bf16, "
              "else float32, marked fp32). Dense: "
-             f"{dense.get('wikitext2', float('nan')):.2f} / {dense.get('ptb', float('nan')):.2f}"
+             + (f"{dense['wikitext2']:.2f} / {dense['ptb']:.2f}" if "wikitext2" in dense else
+                "not evaluated in this run yet (42.39 / 213.64 on the same windows in recovery_gemma3_270m.md)")
              + (f", zero-shot {dense['zeroshot_avg']:.2f} ± {dense['zeroshot_se']:.2f}" if "zeroshot_avg" in dense
                 else "") + ". A dash: not run yet (the run resumes; `--only` runs a part).", "",
              "Wall times on the shared 2-core CPU, one thread: scoring (once per criterion and volume, for both "

@@ -459,6 +459,45 @@ def test_pipeline_zeroshot_resumes_from_its_cache(tmp_path, monkeypatch):
         assert res[-1]["zeroshot"]["tasks"] == first[-1]["zeroshot"]["tasks"]
 
 
+def test_pipeline_zeroshot_cache_keeps_bf16_answers_apart(tmp_path, monkeypatch):
+    """A float32 run evaluated in bf16 (``zeroshot.dtype``): its answers are cached under the bf16 identity,
+    reused on a rerun, and never given to a float32 evaluation of the same weights."""
+    import yaml
+
+    from depthprune.pipeline import run_experiment
+
+    model = save_tiny("gemma3_text", tmp_path / "model", layers=3)
+    text = tmp_path / "text.txt"
+    from tiny import SAMPLE_TEXT
+
+    text.write_text(SAMPLE_TEXT)
+    cfg = {"name": "zs", "model": {"source": str(model), "device": "cpu", "dtype": "float32"},
+           "calibration": {"source": str(text), "samples": 2, "seq_len": 16, "batch_size": 2},
+           "prune": {"criterion": "magnitude", "targets": [{"num_blocks": 1}]},
+           "evaluate": {"ppl": None, "zeroshot": {"tasks": ["arc_easy"], "limit": 3, "batch_size": 2,
+                                                  "dtype": "bfloat16"}}}
+    path = tmp_path / "zs.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_experiment(path, tmp_path / "runs")
+    run = tmp_path / "runs" / "zs"
+    manifests = lambda: [json.loads(p.read_text()) for p in sorted((run / "zeroshot-cache").glob("*/manifest.json"))]  # noqa: E731
+    assert {(m["dtype"], m["num_layers"]) for m in manifests()} == {("bfloat16", 3), ("bfloat16", 2)}
+    bf16 = json.loads((run / "eval.json").read_text())["results"][-1]["zeroshot"]
+
+    scored = []
+    original = FastHFLM._loglikelihood_tokens
+    monkeypatch.setattr(FastHFLM, "_loglikelihood_tokens",
+                        lambda self, reqs, *a, **k: scored.extend(reqs) or original(self, reqs, *a, **k))
+    run_experiment(path, tmp_path / "runs", force=["eval"])
+    assert scored == []  # the bf16 answers came from the cache
+    assert json.loads((run / "eval.json").read_text())["results"][-1]["zeroshot"]["tasks"] == bf16["tasks"]
+
+    cfg["evaluate"]["zeroshot"]["dtype"] = "float32"
+    path.write_text(yaml.safe_dump(cfg))
+    run_experiment(path, tmp_path / "runs", force=["eval"])
+    assert scored  # float32 scored afresh, in caches of its own
+    assert sorted(m["dtype"] for m in manifests()) == ["bfloat16", "bfloat16", "float32", "float32"]
+
 @needs_data
 def test_docs_shards_merge_to_the_whole(fast_tasks):
     """--docs shards score exactly their documents, and merge_scores gives the result of scoring them at once."""

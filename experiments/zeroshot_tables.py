@@ -60,9 +60,16 @@ def depthprune(args: list[str]) -> None:
 
 
 def ensure_model(label: str) -> str:
+    """The model's source, made first when missing, with the models its commands read (``--model``/``--scores``)."""
     source, make = MODELS[label]
     if make and not (ROOT / source / "config.json").exists():
         for args in make:
+            for flag in ("--model", "--scores"):
+                if flag in args:
+                    needed = args[args.index(flag) + 1]
+                    for other, (other_source, _) in MODELS.items():
+                        if other != label and (needed == other_source or needed.startswith(other_source + "/")):
+                            ensure_model(other)
             if not (ROOT / args[args.index("--output") + 1] / "config.json").exists():
                 depthprune(args)
     return source

@@ -122,6 +122,7 @@ def test_pipeline_runs_end_to_end_and_resumes(finished_run):
                 "k1/retrained/1-lora/retrain.json", "k2/retrained/1-lora/adapter/adapter_config.json",
                 "k1/eval.json", "k2/eval.json", "base/eval.json", "bench.json"):
         assert (run / rel).exists(), rel
+    assert not list(run.glob(".scores-*.partial.json"))  # the resumable partial scores go once scores.json exists
     assert json.loads((run / "k2" / "pruned" / "pruning.json").read_text())["num_blocks_after"] == 2
     ev = json.loads((run / "k2" / "eval.json").read_text())
     assert ev["final"] == "retrained/1-lora" and ev["results"][0]["num_blocks"] == 2

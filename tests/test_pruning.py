@@ -191,3 +191,39 @@ def test_plus_criterion_protects_through_the_python_entry_points():
         assert (res.info["protect_first"], res.info["protect_last"]) == (4, 2)
     it = iterative_prune(tiny_model("llama", layers=8), "magnitude+", cal, Target(num_blocks=2), progress=False)
     assert sorted(it.info["removal_order"]) == [4, 5] and it.info["protected_blocks"] == [0, 1, 2, 3, 6, 7]
+
+
+def test_ppl_scoring_resumes_from_its_partial_sums(tmp_path, monkeypatch):
+    """Stopped after 2 of 3 batches, a rerun scores only the last and equals an uninterrupted run; the partial
+    file of another calibration set is refused."""
+    from depthprune.importance import ppl
+
+    model, cal = tiny_model("gemma3_text"), calib(samples=5)
+    whole = score_model(model, "ppl", cal, batch_size=2).scores
+    state = tmp_path / "partial.json"
+    real, made = ppl.trace_blocks, []
+
+    def stop_after_two(m, batch):
+        if len(made) == 2:
+            raise KeyboardInterrupt
+        made.append(batch.shape[0])
+        return real(m, batch)
+
+    monkeypatch.setattr(ppl, "trace_blocks", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        score_model(model, "ppl", cal, batch_size=2, resume=state)
+    assert json.loads(state.read_text())["batches"] == 2
+    made.clear()
+    monkeypatch.setattr(ppl, "trace_blocks", lambda m, batch: made.append(batch.shape[0]) or real(m, batch))
+    resumed = score_model(model, "ppl", cal, batch_size=2, resume=state).scores
+    assert made == [1]  # only the last batch (the 5th sample) was traced
+    assert resumed == pytest.approx(whole, rel=1e-6)
+    with pytest.raises(DepthpruneError, match="another model or calibration set"):
+        score_model(model, "ppl", calib(samples=5, seed=3), batch_size=2, resume=state)
+
+
+def test_score_refuses_resume_for_a_criterion_that_cannot(tmp_path):
+    from depthprune.importance.scoring import score
+
+    with pytest.raises(DepthpruneError, match="cannot resume"):
+        score(tiny_model("llama"), tiny_tokenizer(), criterion="taylor", calibration=calib(), resume=tmp_path / "x")

@@ -92,6 +92,8 @@ class Criterion(abc.ABC):
     needs_calibration: bool = True
     method: str = "depth"
     """``depth``: one score per block or module (BlockScores); ``width``: per head and channel (WidthScores)."""
+    resumable: bool = False
+    """``score`` takes ``resume=path`` (partial scores saved per calibration batch, continued on rerun)."""
 
     @abc.abstractmethod
     def score(self, model, input_ids: torch.Tensor | None, unit: str = "block", batch_size: int = 16,

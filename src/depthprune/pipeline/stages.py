@@ -28,7 +28,7 @@ from depthprune.evaluation.ppl_cache import cached, model_identity
 from depthprune.evaluation.run import perplexity, zeroshot
 from depthprune.evaluation.samples import samples_json
 from depthprune.evaluation.zeroshot_cache import cache_identity, cache_key
-from depthprune.importance.base import BlockScores
+from depthprune.importance.base import BlockScores, resolve_criterion
 from depthprune.importance.plot import plot_block_scores
 from depthprune.importance.scoring import score
 from depthprune.models.loading import load_model
@@ -120,9 +120,19 @@ def run_score(c: ExperimentConfig, out: Path, ctx: StageContext, stage: Stage) -
         log(f"  reused identical scores from {same}")
     else:
         lm = load(c.model)
+        resume = None
+        if resolve_criterion(c.prune.criterion, "depth")[0].resumable:  # hours of scoring survive a stop
+            resume = out.with_name(f".scores-{_hash_of(stage)[:12]}.partial.json")
+            for stale in out.parent.glob(".scores-*.partial.json"):
+                if stale != resume:
+                    stale.unlink()
+            if resume.is_file():
+                log(f"  resuming the scores from {resume}")
         scores = score(lm.model, lm.tokenizer, criterion=c.prune.criterion, unit=c.prune.unit,
-                       calibration=c.calibration)
+                       calibration=c.calibration, resume=resume)
         scores.save(out)
+        if resume is not None:
+            resume.unlink(missing_ok=True)
         log(f"  scored {len(scores.scores)} {c.prune.unit}s with {c.prune.criterion} in {scores.wall_s:.1f}s")
     plot_block_scores(scores, out.with_suffix(".png"))
 

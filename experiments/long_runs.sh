@@ -19,6 +19,13 @@ PY=.venv/bin/python
 DP=.venv/bin/depthprune
 mkdir -p runs
 
+# Partial ppl scores (runs/**/.scores-*.partial.json, a few hundred bytes each, written after every calibration
+# batch) are copied to docs/results/resume/ every few minutes and back into runs/ at the start, so that scoring
+# that takes longer than a sitting (Table 7's 1000 samples: ~6 h on one thread) continues in the next checkout.
+RESUME=docs/results/resume
+restore_partials() { [ -d "$RESUME" ] && (cd "$RESUME" && find . -name '.scores-*.partial.json' -exec cp -n --parents {} ../../../runs/ \;); }
+save_partials() { mkdir -p "$RESUME" && (cd runs && find . -name '.scores-*.partial.json' -exec cp --parents {} "../$RESUME/" \;); }
+
 units() {  # experiment config, table script: run each pending unit, then rewrite the table
   local config=$1 table=$2 pattern
   for pattern in $("$PY" "$table" --pending); do
@@ -38,6 +45,8 @@ lane_b() {  # zero-shot small tasks of every model, full test-set PPL, then the 
   nice -n 10 "$PY" experiments/zeroshot_tables.py
 }
 
+restore_partials
+(while sleep 300; do save_partials; done) > /dev/null 2>&1 &
 lane_a > runs/long-runs-a.log 2>&1 &
 lane_b > runs/long-runs-b.log 2>&1 &
 echo "lanes started (pids $(jobs -p | tr '\n' ' ')); logs: runs/long-runs-a.log, runs/long-runs-b.log"

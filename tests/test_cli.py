@@ -76,6 +76,7 @@ def test_score_then_prune_with_reused_scores(capsys, tmp_path, tiny_dirs):
                            "--calib", "wikitext2", "--calib-samples", "4", "--calib-seq-len", "16",
                            "--output", str(scores))
     assert code == 0 and scores.exists() and scores.with_suffix(".png").exists()
+    assert not scores.with_suffix(".partial.json").exists()  # the resumable partial sums go with success
     data = json.loads(scores.read_text())
     assert data["criterion"] == "ppl" and len(data["scores"]) == 6 and data["calibration"]["source"] == "wikitext2"
     for k in (1, 3):
@@ -171,3 +172,25 @@ def test_retrain_takes_device_and_defaults_seq_len_to_the_model(capsys, tmp_path
         code, _, err = run_cli(capsys, "retrain", "cpt", "--model", str(tiny_dirs["llama"]), "--device", "cuda",
                                "--max-steps", "1", "--output", str(tmp_path / "c"))
         assert_user_error(code, err, "--device cuda was asked for but no CUDA device is available")
+
+
+def test_score_resumes_from_its_partial_file_and_refuses_another_runs(capsys, tmp_path, tiny_dirs):
+    """A finished partial file (as left by a run stopped after its last batch) is taken as it is; the partial
+    sums of another calibration set are refused with the fix named."""
+    from depthprune.data import CalibrationSpec, build_calibration
+    from depthprune.importance import score_model
+    from depthprune.models.loading import load
+
+    model, tokenizer = load(str(tiny_dirs["qwen3"]))
+    cal = build_calibration(tokenizer, CalibrationSpec("wikitext2", 4, 16))
+    scores = tmp_path / "scores.json"
+    partial = scores.with_suffix(".partial.json")
+    ref = score_model(model, "ppl", cal, batch_size=16, resume=partial).scores
+    argv = ["score", "--model", str(tiny_dirs["qwen3"]), "--criterion", "ppl", "--calib", "wikitext2",
+            "--calib-samples", "4", "--calib-seq-len", "16", "--output", str(scores)]
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and f"Resuming from {partial}" in out and not partial.exists()
+    assert json.loads(scores.read_text())["scores"] == pytest.approx(ref, rel=1e-9)
+    score_model(model, "ppl", cal, batch_size=16, resume=partial)
+    code, _, err = run_cli(capsys, *argv[:-4], "--calib-seq-len", "12", "--output", str(scores))
+    assert_user_error(code, err, "another model or calibration set; delete it")

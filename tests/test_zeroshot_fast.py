@@ -319,6 +319,38 @@ def test_resume_after_interrupt(tmp_path, monkeypatch, fast_tasks):
     assert again.tasks == resumed.tasks
 
 
+@needs_data
+def test_cache_of_a_disk_offloaded_dispatch_is_the_plain_models(tmp_path, monkeypatch, fast_tasks):
+    """A model dispatched by accelerate with blocks offloaded to disk (meta placeholders on the model) gets the
+    same cache identity as the same weights in memory: a cache the plain model filled answers it without a
+    forward pass, and changing one offloaded weight changes the identity."""
+    from accelerate import dispatch_model
+
+    tok, tasks = tiny_tokenizer(), "piqa,arc_easy"
+    plain = tiny_model("llama", layers=4)
+    cache = tmp_path / "cache"
+    first = evaluate_zeroshot(plain, tok, tasks, limit=6, batch_size=4, cache_dir=str(cache))
+    ident = cache_identity(plain, tok, "fast")
+    dm = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "cpu",
+          "model.layers.3": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = dispatch_model(tiny_model("llama", layers=4), device_map=dm, main_device="cpu",
+                           offload_dir=str(tmp_path / "offload"))
+    assert model.model.layers[1].mlp.up_proj.weight.device.type == "meta"
+    assert cache_identity(model, tok, "fast") == ident
+    calls = []
+    ll_tokens = FastHFLM._loglikelihood_tokens
+    monkeypatch.setattr(FastHFLM, "_loglikelihood_tokens", lambda self, reqs, **kw: calls.append(len(reqs))
+                        or ll_tokens(self, reqs, **kw))
+    again = evaluate_zeroshot(model, tok, tasks, limit=6, batch_size=4, cache_dir=str(cache))
+    assert calls == []  # every answer came from the plain model's cache: the model was not called
+    assert again.tasks == first.tasks
+    other = tiny_model("llama", layers=4)
+    with torch.no_grad():
+        other.model.layers[3].mlp.up_proj.weight[0, 0] += 1.0
+    other = dispatch_model(other, device_map=dm, main_device="cpu", offload_dir=str(tmp_path / "offload2"))
+    assert cache_identity(other, tok, "fast")["weights_sha256"] != ident["weights_sha256"]
+
+
 def test_cache_refuses_another_model(tmp_path):
     from depthprune.pruning import remove_blocks
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from depthprune.errors import DepthpruneError
+from depthprune.models.placement import named_tensors
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -41,13 +42,13 @@ def weights_fingerprint(model) -> str:
     h = hashlib.sha256()
     with torch.no_grad():
         seen = set()
-        for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
+        for name, t, values in named_tensors(model):
             h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-            if t.data_ptr() in seen and t.numel():  # tied weights: the name is enough, don't hash twice
+            if id(t) in seen:  # tied weights: the name is enough, don't hash twice
                 continue
-            seen.add(t.data_ptr())
+            seen.add(id(t))
             if t.numel():
-                _tensor_digest(h, t)
+                _tensor_digest(h, values)
     return h.hexdigest()
 
 

@@ -129,3 +129,29 @@ def _device_map(device: str, config=None, dtype: torch.dtype | str = "auto") -> 
     free = gpu_free_bytes() if device != "cpu" else []
     need = estimate_model_bytes(config, dtype) if config is not None and free else None
     return plan_device_map(device, need, free)
+
+
+def named_tensors(model):
+    """``(name, tensor on the model, its values)`` of every parameter (duplicates kept) then buffer, in
+    ``named_parameters`` / ``named_buffers`` order. Weights that accelerate offloaded (a ``meta`` placeholder on the
+    model, the values in the hook's ``weights_map``, on CPU or disk) are read back one at a time, so nothing reads
+    a meta tensor; the placeholder is what ties (one object under two names) are told by."""
+    from accelerate.utils import named_module_tensors
+
+    offloaded = {}  # full name -> (weights map, its key)
+    for mod_name, module in model.named_modules():
+        hook = getattr(module, "_hf_hook", None)
+        for hk in getattr(hook, "hooks", [hook]) if hook is not None else []:
+            wmap = getattr(hk, "weights_map", None)
+            if not getattr(hk, "offload", False) or wmap is None:
+                continue
+            for rel, t in named_module_tensors(module, include_buffers=hk.offload_buffers,
+                                               recurse=hk.place_submodules):
+                if t.device.type == "meta":
+                    offloaded[f"{mod_name}.{rel}" if mod_name else rel] = (wmap, rel)
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
+        values = t
+        if t.device.type == "meta" and name in offloaded:
+            wmap, key = offloaded[name]
+            values = wmap[key]
+        yield name, t, values

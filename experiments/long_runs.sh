@@ -10,7 +10,8 @@
 #   bash experiments/long_runs.sh            # both lanes in the background, logs in runs/long-runs-*.log
 #
 # Lane A: the recovery comparison (issue 17), then Table 7 and Figure 5 (issue 19), each table rewritten after
-#   every unit. Lane B: the 7-task zero-shot tables on full sets, bfloat16 (issue 16), and full test-set PPL.
+#   every unit. Lane B: the 7-task zero-shot tables on full sets (issue 16), then the paper's Tables 5, 2 and 3
+#   with zero-shot (experiments/paper_tables.py) and full test-set PPL (issue 19).
 set -uo pipefail
 set -f  # the --only patterns are globs for depthprune, not for the shell
 cd "$(dirname "$0")/.."
@@ -39,10 +40,11 @@ lane_a() {
   units examples/figure5_init.yaml experiments/figure5_table.py
 }
 
-lane_b() {  # zero-shot small tasks of every model, full test-set PPL, then the HellaSwag shards
+lane_b() {  # zero-shot small tasks of every model, the HellaSwag shards, Tables 5/2/3 with zero-shot, full PPL
   nice -n 10 "$PY" experiments/zeroshot_tables.py --tasks piqa,boolq,arc_easy,arc_challenge,openbookqa,winogrande
-  nice -n 10 "$PY" experiments/full_ppl_tables.py
   nice -n 10 "$PY" experiments/zeroshot_tables.py
+  nice -n 10 "$PY" experiments/paper_tables.py
+  nice -n 10 "$PY" experiments/full_ppl_tables.py
 }
 
 restore_partials

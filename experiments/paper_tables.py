@@ -1,0 +1,208 @@
+"""The paper's Tables 5, 3 and 2 with the 7-task zero-shot average, kept across sittings.
+
+Runs ``examples/table5_criteria.yaml``, ``table3_retraining.yaml`` and ``table2_width_vs_depth.yaml`` one unit
+at a time (``depthprune run <config> --only <unit>``: a Table 5 criterion with its 3 targets, a Table 3 recipe at
+one target, a Table 2 variant with its 2 targets), reads each unit's ``eval.json`` and writes
+``docs/results/paper_zeroshot_gemma3_270m.{json,md}``. A unit's figures are kept in the JSON once measured, so a
+new checkout (runs/ is not committed) skips it: the tables fill in over several sittings. Each finding gets a
+verdict from the zero-shot averages and their standard errors (a gap over two standard errors of the difference
+decides; smaller gaps are "within noise").
+
+    nice -n 10 python experiments/paper_tables.py            # every pending unit (~8 h in float32 on one thread)
+    python experiments/paper_tables.py --pending             # list them; write nothing
+    python experiments/paper_tables.py --report-only         # rewrite the tables from the run dirs + JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS
+from recovery_table import zeroshot_summary
+
+from depthprune.core.io import write_json_atomic
+from depthprune.pipeline.load import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "paper_zeroshot_gemma3_270m"
+TABLES = {  # table -> (config, unit granularity: "variant" = every target of a variant in one unit)
+    "5": ("examples/table5_criteria.yaml", "variant"),
+    "3": ("examples/table3_retraining.yaml", "target"),
+    "2": ("examples/table2_width_vs_depth.yaml", "variant"),
+}
+TITLES = {"5": "Table 5: pruning criteria (no retraining)", "3": "Table 3: retraining methods (10k tokens)",
+          "2": "Table 2: width vs depth at equal parameters (+ LoRA, 10k tokens)"}
+
+
+def units(table: str) -> list[tuple[str, str, Path]]:
+    """(variant, target label, run-relative directory) of every model of the table's config."""
+    cfg, leaves = load_config(ROOT / TABLES[table][0])
+    out = []
+    for leaf in leaves:
+        targets = leaf.config.prune.targets
+        for t in targets:
+            rel = Path(leaf.rel) / (t.label if len(targets) > 1 else "")
+            out.append((leaf.variant or "", t.label, rel))
+    return out
+
+
+def run_dir(table: str) -> Path:
+    return ROOT / "runs" / load_config(ROOT / TABLES[table][0])[0].name
+
+
+def row_of(ev_path: Path) -> dict:
+    res = json.loads(ev_path.read_text())["results"][-1]
+    return {"wikitext2": res["ppl"]["wikitext2"]["ppl"], "ptb": res["ppl"]["ptb"]["ppl"], "params": res["params"],
+            "windows": res["ppl"]["wikitext2"].get("windows")} | zeroshot_summary(res.get("zeroshot"))
+
+
+def collect() -> dict:
+    """Every table's rows from the run directories, completed from the committed JSON (rows with zero-shot)."""
+    old = json.loads((RESULTS / f"{NAME}.json").read_text()) if (RESULTS / f"{NAME}.json").is_file() else {}
+    data = {}
+    for table in TABLES:
+        run, prev = run_dir(table), old.get(table, {})
+        done = {(r["variant"], r["target"]): r for r in prev.get("rows", []) if "zeroshot_avg" in r}
+        rows = []
+        for variant, target, rel in units(table):
+            row = {"variant": variant, "target": target}
+            ev = run / rel / "eval.json"
+            if ev.is_file() and "zeroshot" in json.loads(ev.read_text())["results"][-1]:
+                row |= row_of(ev)
+            rows.append(row if "zeroshot_avg" in row else done.get((variant, target), row))
+        base = run / "base" / "eval.json"
+        dense = row_of(base) if base.is_file() else prev.get("dense", {})
+        data[table] = {"dense": dense, "rows": rows}
+    shared = next((d["dense"] for d in data.values() if "zeroshot_avg" in d["dense"]), {})
+    for d in data.values():  # the three configs evaluate alike: one dense row serves them all
+        d["dense"] = d["dense"] if "zeroshot_avg" in d["dense"] else shared
+    return data
+
+
+def pending(data: dict) -> list[tuple[str, str]]:
+    """(table, ``--only`` pattern) of every unit still to measure, cheapest tables first (5, then 2, then 3)."""
+    out = []
+    for table in ("5", "2", "3"):
+        seen = set()
+        for r in data[table]["rows"]:
+            if "zeroshot_avg" in r:
+                continue
+            by_variant = TABLES[table][1] == "variant"
+            pattern = f"{r['variant']}/*" if by_variant else f"{r['variant']}/{r['target']}/*"
+            if pattern not in seen:
+                seen.add(pattern)
+                out.append((table, pattern))
+        if "zeroshot_avg" not in data[table]["dense"] and not any(p == "base/eval" for _, p in out):
+            out.append((table, "base/eval"))  # once: collect() shares the dense row
+    return out
+
+
+def zs(r: dict) -> str:
+    if "zeroshot_avg" not in r:
+        return "–"
+    return f"{r['zeroshot_avg']:.2f} ± {r['zeroshot_se']:.2f}" + (" (fp32)" if r.get("zeroshot_dtype") == "float32"
+                                                                  else "")
+
+
+def compare(a: dict, b: dict) -> str | None:
+    """'higher' / 'lower' / 'within noise' for a's zero-shot average against b's; None if either is missing."""
+    if "zeroshot_avg" not in a or "zeroshot_avg" not in b:
+        return None
+    gap, se = a["zeroshot_avg"] - b["zeroshot_avg"], math.hypot(a["zeroshot_se"], b["zeroshot_se"])
+    return "within noise" if abs(gap) <= 2 * se else ("higher" if gap > 0 else "lower")
+
+
+def verdicts(table: str, rows: list[dict]) -> list[str]:
+    by = {(r["variant"], r["target"]): r for r in rows}
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    lines = []
+    if table == "5":
+        for t in targets:
+            best = [(v, r) for (v, tt), r in by.items() if tt == t and "zeroshot_avg" in r]
+            if len(best) < len(rows) // len(targets):
+                continue
+            v, top = max(best, key=lambda x: x[1]["zeroshot_avg"])
+            ties = [w for w, r in best if w != v and compare(top, r) == "within noise"]
+            verdict = ("holds" if v == "ppl" and not ties else "holds partly" if "ppl" in [v, *ties]
+                       else "does not hold here")
+            lines.append(f"- **{t}**: best zero-shot {v} ({zs(top)})" + (f"; within noise of it: {', '.join(ties)}"
+                                                                          if ties else "") +
+                         f". The paper's PPL criterion is best: **{verdict}**.")
+    elif table == "3":
+        for t in targets:
+            cpt, lora = by.get(("cpt", t), {}), by.get(("lora", t), {})
+            c = compare(cpt, lora)
+            if c is not None:
+                verdict = {"higher": "holds", "within noise": "within noise", "lower": "does not hold here"}[c]
+                lines.append(f"- **{t}**: CPT {zs(cpt)} vs LoRA {zs(lora)}; CPT beats LoRA: **{verdict}**.")
+    elif table == "2":
+        for t in targets:
+            depth = [by.get((v, t), {}) for v in ("depth-ppl", "depth-taylor+")]
+            width = [by.get((v, t), {}) for v in ("width-wanda-sp", "width-taylor-sp")]
+            if all("zeroshot_avg" in r for r in depth + width):
+                d = max(depth, key=lambda r: r["zeroshot_avg"])
+                w = max(width, key=lambda r: r["zeroshot_avg"])
+                c = compare(d, w)
+                verdict = {"higher": "holds", "within noise": "within noise", "lower": "does not hold here"}[c]
+                lines.append(f"- **{t}**: best depth {zs(d)} vs best width {zs(w)}; depth keeps zero-shot accuracy "
+                             f"at least as well as width (the paper: comparable): **{verdict}**.")
+    return lines or ["- verdicts once every row of a target is measured."]
+
+
+def markdown(data: dict) -> str:
+    lines = ["# The paper's Tables 5, 3 and 2 with the 7-task zero-shot average (Gemma 3 270M)", "",
+             "`python experiments/paper_tables.py` runs the three configs unit by unit (`depthprune run <config> "
+             "--only <unit>`); PPL on the first 50 windows of 128 tokens of WikiText-2 / PTB (the configs' setting, "
+             "as in [paper_tables_gemma3_270m.md](paper_tables_gemma3_270m.md)); zero-shot: the paper's 7-task "
+             "average (its metric per task) on the first 200 documents of each task, ± its standard error, bf16 "
+             "where the CPU has native bf16, else float32 (fp32). Verdicts: a gap over two standard errors of the "
+             "difference decides. A dash: not measured yet.", ""]
+    for table in ("5", "3", "2"):
+        d = data[table]
+        lines += [f"## {TITLES[table]}", "", f"Config: [`{TABLES[table][0]}`](../../{TABLES[table][0]}).", "",
+                  "| variant | target | params | WikiText-2 | PTB | zero-shot avg (7 tasks) |",
+                  "|---|---|---:|---:|---:|---:|"]
+        rows = ([{"variant": "dense", "target": "–"} | d["dense"]] if d["dense"] else []) + d["rows"]
+        for r in rows:
+            ppl = f"{r['wikitext2']:.2f} | {r['ptb']:.2f}" if "wikitext2" in r else "– | –"
+            params = f"{r['params'] / 1e6:.1f}M" if "params" in r else "–"
+            lines.append(f"| {r['variant']} | {r['target']} | {params} | {ppl} | {zs(r)} |")
+        lines += ["", *verdicts(table, d["rows"]), ""]
+    return "\n".join(lines)
+
+
+def write(data: dict) -> None:
+    write_json_atomic(RESULTS / f"{NAME}.json", data)
+    (RESULTS / f"{NAME}.md").write_text(markdown(data))
+    print(f"wrote {RESULTS / f'{NAME}.md'}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pending", action="store_true", help="list the pending units and write nothing")
+    p.add_argument("--report-only", action="store_true", help="rewrite the tables without running anything")
+    a = p.parse_args()
+    data = collect()
+    if a.pending:
+        print("\n".join(f"{TABLES[t][0]} {pat}" for t, pat in pending(data)))
+        return
+    write(data)
+    if a.report_only:
+        return
+    for table, pattern in pending(data):
+        t0 = time.time()
+        cmd = [sys.executable, "-m", "depthprune.cli", "run", TABLES[table][0], "--only", pattern]
+        print("$ depthprune " + " ".join(cmd[3:]), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        print(f"table {table} {pattern}: {time.time() - t0:.0f} s", flush=True)
+        write(collect())
+
+
+if __name__ == "__main__":
+    main()

@@ -92,14 +92,14 @@ def verdicts(rows: list[dict]) -> list[str]:
             what = "the same blocks every time" if distinct == 1 else f"{distinct} different selections"
             gaps = {r["samples"]: cut_gap(r) for r in mine if cut_gap(r) is not None}
             why = (" Gap at the cut (last removed vs first kept score): "
-                   + ", ".join(f"{n}: {100 * g:.1f}%" for n, g in sorted(gaps.items())) + ".") if gaps else ""
+                   + ", ".join(f"{n}: {100 * g:.2f}%" for n, g in sorted(gaps.items())) + ".") if gaps else ""
             out.append(f"- **{crit}, {k} blocks**, over {', '.join(map(str, ns))} samples: {what} "
                        f"({'; '.join(f'{n}: {list(picks[n])}' for n in ns)}){spread}. **{verdict}**.{why}")
     if out:
-        out += ["", "Why: a selection flips between volumes where the scores of the last block removed and the first "
-                    "kept are within about a percent, so the sampling noise of a few thousand calibration tokens "
-                    "decides between them; and `ppl` scores each block alone, so two near-tied sets of blocks can "
-                    "differ a lot once removed together (the 6-block picks at 10 and 50 samples: 482 vs 1122)."]
+        out += ["", "Why: one-shot scores rank each block alone. The gap at the cut says how near the selection is "
+                    "to a tie: where it is a fraction of a percent, another calibration sample can swap the blocks "
+                    "at the cut, and sets of blocks that are near-tied one by one can differ a lot once removed "
+                    "together (the WikiText-2 spread of each line)."]
     return out
 
 

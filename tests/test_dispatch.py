@@ -88,3 +88,29 @@ def test_taylor_is_independent_of_batch_size(unit):
     one = score_model(model, "taylor", cal, unit=unit, batch_size=8).scores
     four = score_model(model, "taylor", cal, unit=unit, batch_size=2).scores
     assert four == pytest.approx(one, rel=1e-5)
+
+
+@pytest.mark.parametrize("where", ["bf16 weights", "disk-offloaded dispatch"])
+def test_ppl_scoring_resumes_on_bf16_and_on_an_offloaded_model(tmp_path, monkeypatch, where):
+    """Stopped after its first batch and resumed, ppl scoring equals an uninterrupted run on the same model."""
+    import json
+
+    from depthprune.importance import ppl
+
+    model = tiny_model("llama", layers=4).to(torch.bfloat16) if where == "bf16 weights" else offloaded(tmp_path)
+    cal = calib(samples=6)
+    whole = score_model(model, "ppl", cal, batch_size=2).scores
+    state, real, calls = tmp_path / "partial.json", ppl.trace_blocks, []
+
+    def stop_at_second(m, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(m, batch)
+
+    monkeypatch.setattr(ppl, "trace_blocks", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        score_model(model, "ppl", cal, batch_size=2, resume=state)
+    assert json.loads(state.read_text())["batches"] == 1
+    monkeypatch.setattr(ppl, "trace_blocks", real)
+    assert score_model(model, "ppl", cal, batch_size=2, resume=state).scores == pytest.approx(whole, rel=1e-6)

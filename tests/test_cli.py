@@ -194,3 +194,6 @@ def test_score_resumes_from_its_partial_file_and_refuses_another_runs(capsys, tm
     score_model(model, "ppl", cal, batch_size=16, resume=partial)
     code, _, err = run_cli(capsys, *argv[:-4], "--calib-seq-len", "12", "--output", str(scores))
     assert_user_error(code, err, "another model or calibration set; delete it")
+    partial.write_text("{not json")
+    code, _, err = run_cli(capsys, *argv)
+    assert_user_error(code, err, "unreadable .*; delete it to score afresh")

@@ -53,8 +53,12 @@ class NllSums:
         self.nll, self.count, self.batches = [0.0] * size, 0, 0
         self.path, self.key = (Path(path) if path is not None else None), key
         if self.path is not None and self.path.is_file():
-            state = json.loads(self.path.read_text())
-            if state.get("key") != key or len(state.get("nll", [])) != size:
+            try:
+                state = json.loads(self.path.read_text())
+            except (OSError, ValueError) as exc:
+                raise DepthpruneError(f"resume file {self.path}: unreadable ({exc}); delete it to score afresh") \
+                    from None
+            if not isinstance(state, dict) or state.get("key") != key or len(state.get("nll", [])) != size:
                 raise DepthpruneError(f"resume file {self.path} holds the partial scores of another model or "
                                       "calibration set; delete it to score afresh")
             self.nll, self.count, self.batches = state["nll"], state["count"], state["batches"]

@@ -43,7 +43,10 @@ def collect(run: Path) -> dict:
                         row[what] = walls[sid]
                 scores = run / f"{crit}-n{n}" / "scores.json"
                 if scores.is_file():
-                    row["scores"] = json.loads(scores.read_text())["scores"]
+                    sc = json.loads(scores.read_text())
+                    row["scores"] = sc["scores"]
+                    if "scoring_wall_s" in sc.get("metadata", {}):  # resumed: every sitting's share
+                        row["score_s"] = sc["metadata"]["scoring_wall_s"]
                 pruning, ev = tdir / "pruned" / "pruning.json", tdir / "eval.json"
                 if pruning.is_file():
                     row["removed"] = sorted(json.loads(pruning.read_text())["removed_blocks"])

@@ -212,12 +212,15 @@ def test_ppl_scoring_resumes_from_its_partial_sums(tmp_path, monkeypatch):
     monkeypatch.setattr(ppl, "trace_blocks", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         score_model(model, "ppl", cal, batch_size=2, resume=state)
-    assert json.loads(state.read_text())["batches"] == 2
+    saved = json.loads(state.read_text())
+    assert saved["batches"] == 2 and saved["wall_s"] > 0
     made.clear()
     monkeypatch.setattr(ppl, "trace_blocks", lambda m, batch: made.append(batch.shape[0]) or real(m, batch))
-    resumed = score_model(model, "ppl", cal, batch_size=2, resume=state).scores
+    resumed = score_model(model, "ppl", cal, batch_size=2, resume=state)
     assert made == [1]  # only the last batch (the 5th sample) was traced
-    assert resumed == pytest.approx(whole, rel=1e-6)
+    assert resumed.scores == pytest.approx(whole, rel=1e-6)
+    meta = resumed.metadata
+    assert meta["resumed_from_batch"] == 2 and meta["batches"] == 3 and meta["scoring_wall_s"] > saved["wall_s"]
     with pytest.raises(DepthpruneError, match="another model or calibration set"):
         score_model(model, "ppl", calib(samples=5, seed=3), batch_size=2, resume=state)
 

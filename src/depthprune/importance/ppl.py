@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,8 +51,9 @@ class NllSums:
     """Per-candidate NLL sums and the token count so far; saved after every batch when it has a path."""
 
     def __init__(self, size: int, path: str | Path | None = None, key: dict | None = None):
-        self.nll, self.count, self.batches = [0.0] * size, 0, 0
+        self.nll, self.count, self.batches, self.wall_s = [0.0] * size, 0, 0, 0.0
         self.path, self.key = (Path(path) if path is not None else None), key
+        self._t0 = time.perf_counter()
         if self.path is not None and self.path.is_file():
             try:
                 state = json.loads(self.path.read_text())
@@ -62,13 +64,16 @@ class NllSums:
                 raise DepthpruneError(f"resume file {self.path} holds the partial scores of another model or "
                                       "calibration set; delete it to score afresh")
             self.nll, self.count, self.batches = state["nll"], state["count"], state["batches"]
+            self.wall_s = state.get("wall_s", 0.0)
+        self.resumed_from = self.batches
 
     def batch_done(self, count: int) -> None:
-        self.count += count
-        self.batches += 1
+        now = time.perf_counter()
+        self.count, self.batches, self.wall_s, self._t0 = self.count + count, self.batches + 1, \
+            self.wall_s + now - self._t0, now
         if self.path is not None:
             write_json_atomic(self.path, {"key": self.key, "batches": self.batches, "count": self.count,
-                                          "nll": self.nll})
+                                          "nll": self.nll, "wall_s": self.wall_s})
 
     def ppl(self) -> list[float]:
         return [math.exp(v / self.count) for v in self.nll]
@@ -166,8 +171,12 @@ class Ppl(Criterion):
         key = resume_key(model, input_ids, unit, batch_size) if resume is not None else None
         sums = NllSums(size, resume, key)
         total = -(-input_ids.shape[0] // batch_size)
-        return ppl_from_traces(model, iter_traces(model, input_ids, batch_size, skip=sums.batches), unit, progress,
-                               sums, total)
+        scores = ppl_from_traces(model, iter_traces(model, input_ids, batch_size, skip=sums.batches), unit,
+                                 progress, sums, total)
+        if resume is None:
+            return scores
+        # over every sitting that worked on it (the BlockScores' own wall_s is this call's)
+        return scores, {"resumed_from_batch": sums.resumed_from, "batches": total, "scoring_wall_s": sums.wall_s}
 
     def incremental(self, model, input_ids, batch_size=16, progress=True):
         return PplIncremental(model, input_ids, batch_size, progress)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
+from accelerate.utils import named_module_tensors
 from transformers import AutoModelForCausalLM
 
 from depthprune.errors import DepthpruneError
@@ -136,8 +137,6 @@ def named_tensors(model):
     ``named_parameters`` / ``named_buffers`` order. Weights that accelerate offloaded (a ``meta`` placeholder on the
     model, the values in the hook's ``weights_map``, on CPU or disk) are read back one at a time, so nothing reads
     a meta tensor; the placeholder is what ties (one object under two names) are told by."""
-    from accelerate.utils import named_module_tensors
-
     offloaded = {}  # full name -> (weights map, its key)
     for mod_name, module in model.named_modules():
         hook = getattr(module, "_hf_hook", None)

@@ -46,6 +46,12 @@ def assert_user_error(code, err, pattern):
           "--protect-last", "3", "--output", "{out}", "--eval-windows", "0"], "nothing left to remove"),
         (["prune", "--model", "{tiny}", "--criterion", "magnitude", "--num-blocks", "1", "--output", "{full}"],
          "exists and is not empty; pass --overwrite"),
+        (["score", "--model", "{tiny}", "--criterion", "ppl", "--output", "{full}/x/scores.json"],
+         "full/x is a file, not a folder"),
+        (["score", "--model", "{tiny}", "--criterion", "ppl", "--output", "{full}"], "is a directory; give a file"),
+        (["eval", "ppl", "--model", "{tiny}", "--json", "{full}/x/ppl.json"], "full/x is a file, not a folder"),
+        (["eval", "zeroshot", "--model", "{tiny}", "--json", "{full}"], "is a directory; give a file"),
+        (["eval", "samples", "--model", "{tiny}", "--json", "{full}/x/s.json"], "full/x is a file, not a folder"),
     ],
 )
 def test_bad_input_is_one_line_error(capsys, tmp_path, tiny_dirs, argv, pattern):
@@ -55,7 +61,8 @@ def test_bad_input_is_one_line_error(capsys, tmp_path, tiny_dirs, argv, pattern)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     subs = {"{tiny}": str(tiny_dirs["llama"]), "{empty}": str(tmp_path / "empty"), "{out}": str(tmp_path / "out"),
             "{full}": str(tmp_path / "full"), "{badjsonl}": str(tmp_path / "bad.jsonl")}
-    code, _, err = run_cli(capsys, *[subs.get(a, a) for a in argv])
+    code, _, err = run_cli(capsys, *[a.replace("{full}", subs["{full}"]) if a.startswith("{full}/") else
+                                     subs.get(a, a) for a in argv])
     assert_user_error(code, err, pattern)
     assert not (tmp_path / "out").exists()
     assert (tmp_path / "full" / "x").read_text() == "keep me"

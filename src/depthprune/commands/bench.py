@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from depthprune.commands.common import check_output_file
 from depthprune.core.io import write_json_atomic, write_text_atomic
 from depthprune.core.options import add_options, build, given_options
 from depthprune.errors import DepthpruneError
@@ -31,8 +32,7 @@ def register(sub) -> None:
 
 def _check_outputs(args) -> None:
     for flag, value in (("--json", args.json), ("--plot", args.plot), ("--markdown", args.markdown)):
-        if value is not None and Path(value).is_dir():
-            raise DepthpruneError(f"{flag} {value} is a directory; give a file path")
+        check_output_file(flag, value)
     if args.plot is not None and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
         raise DepthpruneError(f"--plot {args.plot}: use one of the suffixes {', '.join(PLOT_SUFFIXES)}")
 

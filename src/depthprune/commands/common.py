@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from depthprune.core.options import add_options, parse_options
 from depthprune.errors import DepthpruneError
@@ -45,3 +46,15 @@ def positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
         return
     if value is None or value < 1:
         raise DepthpruneError(f"{name} must be a positive integer, got {value}")
+
+
+def check_output_file(flag: str, value: str | None) -> None:
+    """Fail before any work when a file output cannot be written: a directory, or under a file."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise DepthpruneError(f"{flag} {value} is a directory; give a file path")
+    blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise DepthpruneError(f"{flag} {value}: {blocker} is a file, not a folder; give a path in a folder")

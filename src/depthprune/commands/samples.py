@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from depthprune.commands.common import add_eval_parser, load_from_args
+from depthprune.commands.common import add_eval_parser, check_output_file, load_from_args
 from depthprune.core.io import write_json_atomic
 from depthprune.core.options import build, given_options
 from depthprune.evaluation.options import SamplesOptions
@@ -23,6 +23,7 @@ def register(sub) -> None:
 def run(args) -> int:
     fields = given_options(args, SamplesOptions) | ({"prompts": args.prompt} if args.prompt else {})
     opts = build(SamplesOptions, fields, flags=True)  # before loading the model
+    check_output_file("--json", args.json)
     lm = load_from_args(args)
     out = samples_json(lm.model, lm.tokenizer, opts.prompts, opts.max_new_tokens) | {"model": lm.source}
     for s in out["samples"]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from depthprune.commands.common import add_model_args, load_from_args
+from depthprune.commands.common import add_model_args, check_output_file, load_from_args
 from depthprune.core.options import add_options, build, given_options
 from depthprune.data.calibration import CalibrationSpec
 from depthprune.importance.base import resolve_criterion
@@ -30,6 +30,7 @@ def run(args) -> int:
     opts = build(PruneOptions, given_options(args, PruneOptions), flags=True)
     calib = given_options(args, CalibrationSpec)
     build(CalibrationSpec, calib, flags=True)
+    check_output_file("--output", args.output)
     resume = None
     if resolve_criterion(opts.criterion, "depth")[0].resumable:
         resume = Path(args.output).with_suffix(".partial.json")

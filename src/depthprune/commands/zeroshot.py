@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from depthprune.commands.common import add_eval_parser, load_from_args, quantization_record
+from depthprune.commands.common import add_eval_parser, check_output_file, load_from_args, quantization_record
 from depthprune.core.io import write_json_atomic
 from depthprune.core.options import build, given_options
 from depthprune.errors import DepthpruneError
@@ -25,6 +25,7 @@ def run(args) -> int:
             raise DepthpruneError("--resume needs --json (the cache goes next to it) or --eval-cache DIR")
         options["cache_dir"] = args.json + ".cache"
     opts = build(ZeroShotOptions, options, flags=True)  # bad input fails before the model loads
+    check_output_file("--json", args.json)
     sources = resolve_sources(opts.tasks, opts.source)
     print("data: " + ", ".join(f"{t}={s}" for t, s in sources.items()))
     lm = load_from_args(args)

@@ -94,6 +94,14 @@ def shard_files(label: str, task: str, dtype: str) -> list[Path]:
     return sorted((OUT / dtype / label).glob(f"{task}.docs*.json"))
 
 
+def wall_cell(r: dict) -> str:
+    """Minutes; a run resumed from an earlier sitting's answer cache says so (its wall time is only the rest's)."""
+    cached, total = r.get("requests_from_cache", 0), r.get("requests", 0)
+    if cached and total:
+        return f"{r['wall_s'] / 60:.1f} (resumed: {cached / total:.0%} of requests cached)"
+    return f"{r['wall_s'] / 60:.1f}" + (" (resumed: only the final run's part)" if r.get("resumed") else "")
+
+
 def merge_shards(label: str, task: str, dtype: str) -> dict | None:
     """The task's result over its finished shards (contiguous from document 0), as one result JSON; None if none."""
     files = shard_files(label, task, dtype)
@@ -102,8 +110,9 @@ def merge_shards(label: str, task: str, dtype: str) -> dict | None:
     parts = [json.loads(f.read_text()) for f in files]
     merged = merge_scores([TaskScore(**p["tasks"][task]) for p in parts])
     wall = sum(p["wall_s"] for p in parts)
+    counts = {k: sum(p.get(k, 0) for p in parts) for k in ("requests", "requests_from_cache")}
     return parts[0] | {"tasks": {task: asdict(merged)}, "average": merged.score, "wall_s": wall,
-                       "shards": [f.name for f in files]}
+                       "shards": [f.name for f in files], "resumed": any(p.get("resumed") for p in parts)} | counts
 
 
 def run_task(label: str, task: str, dtype: str) -> None:
@@ -164,7 +173,7 @@ def score_table(dtype: str) -> list[str]:
             s = r["tasks"][t]
             n = f"{s['n']}" if full(res, t) else f"{s['n']} of {s['n_total']} (shards so far)"
             detail.append(f"| {label} | {SHORT_NAMES[t]} | {n} | {pct(s['acc'], s['acc_stderr'])} | "
-                          f"{pct(s['acc_norm'], s['acc_norm_stderr'])} | {r['wall_s'] / 60:.1f} |")
+                          f"{pct(s['acc_norm'], s['acc_norm_stderr'])} | {wall_cell(r)} |")
     if any(not full(load(label, dtype), t) for label in MODELS for t in load(label, dtype)):
         lines += ["", "\\* partial: the first documents of the split only (its finished `--docs` shards, merged "
                       "exactly; the rest runs in later sittings); not in the average."]

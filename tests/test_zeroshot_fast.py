@@ -306,17 +306,19 @@ def test_resume_after_interrupt(tmp_path, monkeypatch, fast_tasks):
     resumed = evaluate_zeroshot(model, tiny_tokenizer(), tasks, limit=LIMIT, batch_size=4, cache_dir=str(cache))
     assert passed[1] == total - done_first  # the finished requests came from the cache
     assert sum(computed) == total - done_first
-    drop = {"wall_s", "cache_dir"}
+    drop = {"wall_s", "cache_dir", "requests_from_cache"}
     assert {k: v for k, v in resumed.to_json().items() if k not in drop} == \
            {k: v for k, v in plain.to_json().items() if k not in drop}
     assert resumed.cache_dir == str(cache)
+    assert (plain.requests, plain.requests_from_cache) == (total, 0)
+    assert (resumed.requests, resumed.requests_from_cache) == (total, done_first)  # what wall_s did not cover
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["backend"] == "fast" and manifest["dtype"] == "float32" and manifest["num_layers"] == 4
 
     computed.clear()
     again = evaluate_zeroshot(model, tiny_tokenizer(), tasks, limit=LIMIT, batch_size=4, cache_dir=str(cache))
     assert len(passed) == 2 and computed == []  # everything cached: the model is not called at all
-    assert again.tasks == resumed.tasks
+    assert again.tasks == resumed.tasks and again.requests_from_cache == total
 
 
 @needs_data
@@ -417,6 +419,12 @@ def test_cli_fast_auto_batch_resume_and_refusal(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["backend"] == "fast" and res["dtype"] == "float32" and res["batch_size"] == "auto"
     assert res["cache_dir"] == str(out) + ".cache" and (tmp_path / "zs.json.cache" / "manifest.json").is_file()
+    assert res["requests"] > 0 and res["requests_from_cache"] == 0
+    capsys.readouterr()
+    assert main(args + ["--batch-size", "auto", "--resume"]) == 0  # a finished run again: all from the cache
+    again = json.loads(out.read_text())
+    assert again["requests_from_cache"] == again["requests"] == res["requests"] and again["tasks"] == res["tasks"]
+    assert f"resumed: {res['requests']:,} of {res['requests']:,} requests answered from" in capsys.readouterr().out
     other = save_tiny("gemma3_text", tmp_path / "other", layers=2, seed=3)
     capsys.readouterr()
     bad = ["eval", "zeroshot", "--model", str(other), "--tasks", "piqa", "--limit", "3",

@@ -33,6 +33,8 @@ def run(args) -> int:
     print(f"\nzero-shot, {lm.source} (lm-eval {res.lm_eval_version}, {res.backend}, {res.dtype}, data: {res.source}"
           + (f", first {opts.limit} examples per task" if opts.limit else "") + ")\n")
     print(res.to_markdown())
+    if res.requests_from_cache:
+        print(f"\nresumed: {res.requests_from_cache:,} of {res.requests:,} requests answered from {res.cache_dir}")
     if args.json:
         write_json_atomic(args.json, res.to_json() | {"model": lm.source} | quantization_record(lm.model))
         print(f"\nwrote {args.json}")

@@ -74,6 +74,8 @@ class ZeroShotResult:
     backend: str = "hf"
     dtype: str = ""  # the model's weights dtype
     cache_dir: str | None = None  # the resumable per-request cache, when one was used
+    requests: int = 0  # loglikelihood requests of the run
+    requests_from_cache: int = 0  # of them answered from cache_dir (a resumed run): wall_s is the rest's time
 
     @property
     def source(self) -> str:
@@ -319,6 +321,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
             loaded, tm = _load_tasks(names, sources)
             samples = _shard_samples(loaded, doc_range)
             lm = make_lm(model, tokenizer, batch_size, max_length, backend=backend)
+            computed = _count_computed(lm)
             use_cache = None
             if cache_dir is not None:
                 use_cache = open_cache(cache_dir, cache_identity(model, tokenizer, backend, True, max_length))
@@ -331,6 +334,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     finally:
         model.train(was_training)
     wall = time.perf_counter() - t0
+    n_requests = sum(len(obj.instances) for obj in loaded.values())
     scores = {t: _score(t, sources[t], obj.task_name, out) for t, obj in loaded.items()}
     if samples is not None:
         for t, obj in loaded.items():
@@ -343,7 +347,21 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
         bos_prepended=_bos_prepended(tokenizer), wall_s=wall, backend=backend,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         cache_dir=None if cache_dir is None else str(cache_dir),
+        requests=n_requests, requests_from_cache=n_requests - computed[0],
     )
+
+
+def _count_computed(lm) -> list[int]:
+    """Count the loglikelihood requests ``lm`` itself answers (lm-eval's cache passes it only the uncached ones)."""
+    counter = [0]
+    inner = lm.loglikelihood
+
+    def loglikelihood(requests, *args, **kwargs):
+        counter[0] += len(requests)
+        return inner(requests, *args, **kwargs)
+
+    lm.loglikelihood = loglikelihood  # an instance attribute: CachingLM's getattr finds it
+    return counter
 
 
 def _score(task: str, source: str, lm_name: str, out: dict) -> TaskScore:

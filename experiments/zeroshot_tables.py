@@ -32,6 +32,8 @@ from pathlib import Path
 from _common import RESULTS
 
 from depthprune.core.io import write_json_atomic
+from depthprune.data.sources import find_data_file
+from depthprune.evaluation.lm_eval_tasks.local_data import DATA_FILES
 from depthprune.evaluation.zeroshot import PAPER_METRIC, PAPER_TASKS, SHORT_NAMES, TaskScore, merge_scores
 from depthprune.models.placement import NATIVE_BF16, native_bf16_or_float32
 
@@ -205,6 +207,50 @@ def dtype_comparison() -> list[str]:
             "|---|---|---|---:|---:|---:|---:|---|---:|", *rows, ""]
 
 
+def constant_answers(task: str) -> tuple[float, dict[str, float]] | None:
+    """A task's uniform-guess accuracy and the accuracy of always picking each option (%), from its local
+    lm-eval-style file; options are named by their text where every document has the same ones (BoolQ)."""
+    rel = next((f[0] for f in DATA_FILES[task] if f[0].startswith("commonsense/lm_eval_style/")), None)
+    path = rel and find_data_file(rel)
+    if path is None:
+        return None
+    docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    options = [d.get("choices") or d["context_options"] for d in docs]
+    same = all(o == options[0] for o in options)
+    width = max(len(o) for o in options)
+    shares = {(options[0][k] if same else f"option {k + 1}"): 100 * sum(d["gold"] == k for d in docs) / len(docs)
+              for k in range(width)}
+    return 100 * sum(1 / len(o) for o in options) / len(docs), shares
+
+
+def baselines() -> list[str]:
+    """Chance and constant-answer accuracies, and the (model, task) scores that equal a constant answer's."""
+    rows, notes = [], []
+    for t in PAPER_TASKS:
+        ref = constant_answers(t)
+        if ref is None:
+            continue
+        chance, shares = ref
+        rows.append(f"| {SHORT_NAMES[t]} | {chance:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+                    + " |")
+        for dtype in DTYPES:
+            for label in MODELS:
+                res = load(label, dtype)
+                if t in res and full(res, t):
+                    s = res[t]["tasks"][t]
+                    for k, v in shares.items():  # equal counts of correct documents, not just close
+                        if abs(s["score"] * s["n"] - v / 100 * s["n"]) < 0.5:
+                            notes.append(f"- {label} ({dtype}) {SHORT_NAMES[t]} {100 * s['score']:.2f}: exactly the "
+                                         f"score of always picking '{k}' (the same count of correct documents; a "
+                                         "constant answer would explain it, per-document answers are not kept).")
+    if not rows:
+        return []
+    return ["## Reference: chance and constant answers", "",
+            "Accuracy of a uniform guess and of always picking the same option, from the task files (a score at "
+            "or below these carries no signal).", "", "| task | uniform guess | always the same option |",
+            "|---|---:|---|", *rows, "", *notes, *([""] if notes else [])]
+
+
 def report() -> None:
     lines = ["# Zero-shot, 7 commonsense tasks (Gemma 3 270M, full task sets)", "",
              "lm-eval 0.4 through `depthprune eval zeroshot` (FastHFLM backend, whose per-request answers equal "
@@ -215,6 +261,7 @@ def report() -> None:
     for dtype in DTYPES:
         lines += score_table(dtype)
     lines += dtype_comparison()
+    lines += baselines()
     for dtype in DTYPES:
         dense = load("dense", dtype)
         if any(t in dense for t in CARD):

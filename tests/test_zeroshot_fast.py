@@ -553,8 +553,30 @@ def test_docs_shards_merge_to_the_whole(fast_tasks):
             assert r.n == 12 and r.docs == [0, 12]
             for k in ("score", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
                 assert getattr(r, k) == pytest.approx(getattr(whole.tasks[t], k), abs=1e-12), (t, k)
+            assert r.answer_counts == whole.tasks[t].answer_counts and sum(r.answer_counts) == 12
     with pytest.raises(DepthpruneError, match="not contiguous"):
         zeroshot.merge_scores([parts[0].tasks["piqa"], same.tasks["piqa"]])
+
+
+@needs_data
+def test_answer_counts_show_a_constant_answer(fast_tasks, monkeypatch):
+    """A model that always prefers the first option: every document's answer is option 0 (BoolQ 'no'), and its
+    accuracy is the share of documents whose gold answer is option 0; a real model's counts add up to n."""
+    tasks, n = "boolq,arc_challenge,winogrande", 20
+    model, tok = model_of("llama"), tiny_tokenizer()
+    real = evaluate_zeroshot(model, tok, tasks, limit=n, batch_size=4)
+    assert all(sum(t.answer_counts) == n for t in real.tasks.values())
+    assert [len(real.tasks[t].answer_counts) for t in ("boolq", "winogrande")] == [2, 2]
+
+    def first_option(self, requests, disable_tqdm=False):
+        return [(0.0 if r.idx == 0 else -10.0, False) for r in requests]
+
+    monkeypatch.setattr(FastHFLM, "loglikelihood", first_option)
+    const = evaluate_zeroshot(model, tok, tasks, limit=n, batch_size=4)
+    for name, t in const.tasks.items():
+        gold = [d["gold"] for d in local_data._jsonl(local_data.data_files(name)[0])[:n]]
+        assert t.answer_counts[0] == n and not any(t.answer_counts[1:]), name
+        assert t.score == pytest.approx(gold.count(0) / n), name
 
 
 @pytest.mark.parametrize("docs, message", [("5:5", "START < END"), ("a:b", "expected START:END"),

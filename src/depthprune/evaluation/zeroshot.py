@@ -58,6 +58,9 @@ class TaskScore:
     acc_norm_stderr: float | None
     data_files: list[str] = field(default_factory=list)
     docs: list[int] | None = None  # [start, end) of the documents scored, when a --docs shard
+    # documents whose answer (by the paper's metric: highest loglikelihood, per character for acc_norm) was
+    # option 0, 1, ...: a model that always picks one option shows as a single nonzero count
+    answer_counts: list[int] | None = None
 
 
 @dataclass
@@ -189,8 +192,12 @@ def merge_scores(parts: Sequence[TaskScore]) -> TaskScore:
     acc, acc_se = mean_se("acc")
     acc_norm, acc_norm_se = mean_se("acc_norm")
     score = acc if first.metric == "acc" else acc_norm
+    counts = None
+    if all(p.answer_counts is not None for p in parts):
+        width = max(len(p.answer_counts) for p in parts)
+        counts = [sum(p.answer_counts[k] for p in parts if k < len(p.answer_counts)) for k in range(width)]
     return replace(first, n=n, score=score, acc=acc, acc_stderr=acc_se, acc_norm=acc_norm,
-                   acc_norm_stderr=acc_norm_se, docs=None if n == first.n_total else [0, n])
+                   acc_norm_stderr=acc_norm_se, docs=None if n == first.n_total else [0, n], answer_counts=counts)
 
 
 def resolve_sources(tasks: Sequence[str], source: str = "auto") -> dict[str, str]:
@@ -327,7 +334,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
                 use_cache = open_cache(cache_dir, cache_identity(model, tokenizer, backend, True, max_length))
             try:
                 out = simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=0, limit=limit,
-                                      samples=samples, task_manager=tm, log_samples=False, use_cache=use_cache)
+                                      samples=samples, task_manager=tm, log_samples=True, use_cache=use_cache)
             finally:
                 if use_cache is not None:
                     close_cache(lm)
@@ -336,6 +343,8 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     wall = time.perf_counter() - t0
     n_requests = sum(len(obj.instances) for obj in loaded.values())
     scores = {t: _score(t, sources[t], obj.task_name, out) for t, obj in loaded.items()}
+    for t, obj in loaded.items():
+        scores[t].answer_counts = _answer_counts(obj, out["samples"][obj.task_name], PAPER_METRIC[t])
     if samples is not None:
         for t, obj in loaded.items():
             idx = samples[obj.task_name]
@@ -362,6 +371,21 @@ def _count_computed(lm) -> list[int]:
 
     lm.loglikelihood = loglikelihood  # an instance attribute: CachingLM's getattr finds it
     return counter
+
+
+def _answer_counts(task_obj, logged: list[dict], metric: str) -> list[int]:
+    """How many documents got each option as their answer, as lm-eval's multiple-choice metric picks it:
+    highest loglikelihood (acc), or highest loglikelihood per character of the choice (acc_norm)."""
+    counts: list[int] = []
+    for sample in logged:
+        lls = [r[0] for r in sample["filtered_resps"]]
+        if metric == "acc_norm":
+            lens = [float(len(c)) for c in task_obj.doc_to_choice(sample["doc"])]
+            lls = [ll / n for ll, n in zip(lls, lens)]
+        pick = max(range(len(lls)), key=lls.__getitem__)  # first maximum, as numpy's argmax
+        counts += [0] * (len(lls) - len(counts))
+        counts[pick] += 1
+    return counts
 
 
 def _score(task: str, source: str, lm_name: str, out: dict) -> TaskScore:

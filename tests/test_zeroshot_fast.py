@@ -577,6 +577,8 @@ def test_answer_counts_show_a_constant_answer(fast_tasks, monkeypatch):
         gold = [d["gold"] for d in local_data._jsonl(local_data.data_files(name)[0])[:n]]
         assert t.answer_counts[0] == n and not any(t.answer_counts[1:]), name
         assert t.score == pytest.approx(gold.count(0) / n), name
+        assert f"{zeroshot.SHORT_NAMES[name]}: the same answer (option 1) for all {n} documents" in const.to_markdown()
+    assert "the same answer" not in real.to_markdown() or any(max(t.answer_counts) == n for t in real.tasks.values())
 
 
 @pytest.mark.parametrize("docs, message", [("5:5", "START < END"), ("a:b", "expected START:END"),

@@ -101,6 +101,9 @@ class ZeroShotResult:
                          f"{_pct(t.acc_norm, t.acc_norm_stderr)} | {t.score * 100:.2f} ({t.metric}) |")
         label = "average" if self.average_complete else "average (partial: subset or --limit)"
         lines.append(f"| **{label}** | | | | | **{self.average * 100:.2f}** |")
+        constant = [t for t in self.tasks.values() if t.answer_counts and t.n > 1 and max(t.answer_counts) == t.n]
+        lines += [f"\nnote: {SHORT_NAMES[t.task]}: the same answer (option {t.answer_counts.index(t.n) + 1}) for "
+                  f"all {t.n} documents; its accuracy is that option's share, not a sign of skill" for t in constant]
         return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from depthprune.data.sources import data_dir_candidates
 from depthprune.errors import DataNotFoundError, DepthpruneError
 from depthprune.evaluation.lm_eval_tasks import TASKS_DIR
 from depthprune.evaluation.lm_eval_tasks.local_data import DATA_FILES, data_files
+from depthprune.evaluation.zeroshot_answers import answer_counts, count_computed
 from depthprune.evaluation.zeroshot_cache import cache_identity, close_cache, open_cache
 
 PAPER_TASKS: tuple[str, ...] = (
@@ -331,7 +332,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
             loaded, tm = _load_tasks(names, sources)
             samples = _shard_samples(loaded, doc_range)
             lm = make_lm(model, tokenizer, batch_size, max_length, backend=backend)
-            computed = _count_computed(lm)
+            computed = count_computed(lm)
             use_cache = None
             if cache_dir is not None:
                 use_cache = open_cache(cache_dir, cache_identity(model, tokenizer, backend, True, max_length))
@@ -347,7 +348,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     n_requests = sum(len(obj.instances) for obj in loaded.values())
     scores = {t: _score(t, sources[t], obj.task_name, out) for t, obj in loaded.items()}
     for t, obj in loaded.items():
-        scores[t].answer_counts = _answer_counts(obj, out["samples"][obj.task_name], PAPER_METRIC[t])
+        scores[t].answer_counts = answer_counts(obj, out["samples"][obj.task_name], PAPER_METRIC[t])
     if samples is not None:
         for t, obj in loaded.items():
             idx = samples[obj.task_name]
@@ -361,34 +362,6 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
         cache_dir=None if cache_dir is None else str(cache_dir),
         requests=n_requests, requests_from_cache=n_requests - computed[0],
     )
-
-
-def _count_computed(lm) -> list[int]:
-    """Count the loglikelihood requests ``lm`` itself answers (lm-eval's cache passes it only the uncached ones)."""
-    counter = [0]
-    inner = lm.loglikelihood
-
-    def loglikelihood(requests, *args, **kwargs):
-        counter[0] += len(requests)
-        return inner(requests, *args, **kwargs)
-
-    lm.loglikelihood = loglikelihood  # an instance attribute: CachingLM's getattr finds it
-    return counter
-
-
-def _answer_counts(task_obj, logged: list[dict], metric: str) -> list[int]:
-    """How many documents got each option as their answer, as lm-eval's multiple-choice metric picks it:
-    highest loglikelihood (acc), or highest loglikelihood per character of the choice (acc_norm)."""
-    counts: list[int] = []
-    for sample in logged:
-        lls = [r[0] for r in sample["filtered_resps"]]
-        if metric == "acc_norm":
-            lens = [float(len(c)) for c in task_obj.doc_to_choice(sample["doc"])]
-            lls = [ll / n for ll, n in zip(lls, lens)]
-        pick = max(range(len(lls)), key=lls.__getitem__)  # first maximum, as numpy's argmax
-        counts += [0] * (len(lls) - len(counts))
-        counts[pick] += 1
-    return counts
 
 
 def _score(task: str, source: str, lm_name: str, out: dict) -> TaskScore:

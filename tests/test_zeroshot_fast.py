@@ -618,5 +618,6 @@ def test_docs_shards_on_bf16_weights_and_a_dispatched_model(tmp_path, fast_tasks
         for want, got in ((whole, parts), (plain, shards)):
             merged = zeroshot.merge_scores([p.tasks[t] for p in got])
             assert merged.n == 10 and merged.docs == [0, 10]
+            assert merged.answer_counts == want.tasks[t].answer_counts and sum(merged.answer_counts) == 10
             for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
                 assert getattr(merged, k) == pytest.approx(getattr(want.tasks[t], k), abs=1e-12), (t, k)

@@ -345,7 +345,7 @@ def test_cache_of_a_disk_offloaded_dispatch_is_the_plain_models(tmp_path, monkey
                         or ll_tokens(self, reqs, **kw))
     again = evaluate_zeroshot(model, tok, tasks, limit=6, batch_size=4, cache_dir=str(cache))
     assert calls == []  # every answer came from the plain model's cache: the model was not called
-    assert again.tasks == first.tasks
+    assert again.tasks == first.tasks and again.requests_from_cache == again.requests == first.requests > 0
     other = tiny_model("llama", layers=4)
     with torch.no_grad():
         other.model.layers[3].mlp.up_proj.weight[0, 0] += 1.0

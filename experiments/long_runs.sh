@@ -8,6 +8,8 @@
 # docs/results/ as they land; rerunning this script (in the same or a new checkout) skips what is committed.
 #
 #   bash experiments/long_runs.sh            # both lanes in the background, logs in runs/long-runs-*.log
+#   touch runs/STOP                          # lane A stops after its current unit (a unit cut off is lost);
+#                                            # lane B can be killed at any time: its answer caches resume it
 #
 # Lane A: the recovery comparison (issue 17), then Table 7 and Figure 5 (issue 19), each table rewritten after
 #   every unit. Lane B: the 7-task zero-shot tables on full sets (issue 16), then the paper's Tables 5, 2 and 3
@@ -30,6 +32,7 @@ save_partials() { mkdir -p "$RESUME" && (cd runs && find . -name '.scores-*.part
 units() {  # experiment config, table script: run each pending unit, then rewrite the table
   local config=$1 table=$2 pattern
   for pattern in $("$PY" "$table" --pending); do
+    [ -e runs/STOP ] && { echo "runs/STOP: stopping before $pattern"; return; }
     nice -n 10 "$DP" run "$config" --only "$pattern" && "$PY" "$table"
   done
 }
@@ -48,6 +51,7 @@ lane_b() {  # zero-shot small tasks of every model, the HellaSwag shards, Tables
 }
 
 restore_partials
+rm -f runs/STOP
 (while sleep 300; do save_partials; done) > /dev/null 2>&1 &
 lane_a > runs/long-runs-a.log 2>&1 &
 lane_b > runs/long-runs-b.log 2>&1 &

@@ -166,6 +166,11 @@ def run_task(label: str, task: str, dtype: str) -> None:
         report()
 
 
+def done_in_other_dtype(label: str, task: str, dtype: str) -> bool:
+    """The full task already ran for this model in the other dtype: its long shards wait until the rest's are done."""
+    return any((OUT / d / label / f"{task}.json").exists() for d in DTYPES if d != dtype)
+
+
 def load(label: str, dtype: str) -> dict[str, dict]:
     """Each task's result JSON: the full set, else its finished shards merged (``docs`` then says how far)."""
     d = OUT / dtype / label
@@ -343,8 +348,10 @@ def main() -> None:
         print(f"dtype: {a.dtype} (native bf16 on this CPU: {a.dtype == 'bfloat16'})", flush=True)
     if not a.report_only:
         tasks = a.tasks.split(",")
+        labels = a.models.split(",")
         for sharded in (False, True):  # every model's small tasks first, then the long, sharded ones
-            for label in a.models.split(","):
+            for label in sorted(labels, key=lambda m: sharded and all(done_in_other_dtype(m, t, a.dtype)
+                                                                           for t in tasks if t in SHARD_DOCS)):
                 for task in tasks:
                     if (task in SHARD_DOCS) == sharded:
                         run_task(label, task, a.dtype)

@@ -241,6 +241,28 @@ def dtype_comparison() -> list[str]:
             "|---|---|---|---:|---:|---:|---:|---|---:|", *rows, ""]
 
 
+def weights_notes() -> list[str]:
+    """Which models' tasks were scored on weights that differ (each result records its model's fingerprint since
+    2026-12-04: a model that a later sitting makes again, e.g. by retraining, must come out identical)."""
+    notes = []
+    for dtype in DTYPES:
+        for label in MODELS:
+            files = sorted((OUT / dtype / label).glob("*.json"))
+            shas = {}
+            for f in files:
+                res = json.loads(f.read_text())
+                for s in res["tasks"].values():
+                    shas.setdefault(s.get("weights_sha256"), []).append(f.stem)
+            known = {k: v for k, v in shas.items() if k}
+            if len(known) > 1:
+                notes.append(f"- **{label} ({dtype}) was scored on different weights**: " + "; ".join(
+                    f"`{k[:12]}` for {', '.join(v)}" for k, v in known.items()) + ". Its average mixes models.")
+            elif known and None in shas:
+                notes.append(f"- {label} ({dtype}): weights `{next(iter(known))[:12]}` for "
+                             f"{', '.join(next(iter(known.values())))}; {', '.join(shas[None])} predate fingerprints.")
+    return ["Weights fingerprints (`weights_sha256` in each result):", "", *notes, ""] if notes else []
+
+
 NEAR_CONSTANT = 0.95  # a model picking one option this often is flagged under the table
 
 
@@ -306,6 +328,7 @@ def report() -> None:
              + ". Rows fill in as the runs finish; a dash is a task not yet run.", ""]
     for dtype in DTYPES:
         lines += score_table(dtype)
+    lines += weights_notes()
     lines += dtype_comparison()
     lines += baselines()
     for dtype in DTYPES:

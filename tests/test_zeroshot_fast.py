@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -556,6 +557,13 @@ def test_docs_shards_merge_to_the_whole(fast_tasks):
             assert r.answer_counts == whole.tasks[t].answer_counts and sum(r.answer_counts) == 12
     with pytest.raises(DepthpruneError, match="not contiguous"):
         zeroshot.merge_scores([parts[0].tasks["piqa"], same.tasks["piqa"]])
+    assert parts[0].tasks["piqa"].weights_sha256 == parts[1].tasks["piqa"].weights_sha256 is not None
+    changed = copy.deepcopy(model)  # a shard of a model whose weights differ (e.g. retrained in another sitting)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    other = evaluate_zeroshot(changed, tok, "piqa", docs="0:5", batch_size=4)
+    with pytest.raises(DepthpruneError, match="different weights"):
+        zeroshot.merge_scores([other.tasks["piqa"], parts[0].tasks["piqa"]])
 
 
 @needs_data

@@ -62,6 +62,7 @@ class TaskScore:
     # documents whose answer (by the paper's metric: highest loglikelihood, per character for acc_norm) was
     # option 0, 1, ...: a model that always picks one option shows as a single nonzero count
     answer_counts: list[int] | None = None
+    weights_sha256: str | None = None  # the scored model's weights fingerprint (zeroshot_cache.weights_fingerprint)
 
 
 @dataclass
@@ -184,6 +185,10 @@ def merge_scores(parts: Sequence[TaskScore]) -> TaskScore:
     edges = [p.docs or [0, p.n] for p in parts]
     if edges[0][0] != 0 or any(a[1] != b[0] for a, b in zip(edges, edges[1:])):
         raise DepthpruneError(f"merge_scores: shards {edges} are not contiguous from document 0")
+    weights = {p.weights_sha256 for p in parts if p.weights_sha256}
+    if len(weights) > 1:
+        raise DepthpruneError("merge_scores: the shards were scored on different weights (weights_sha256 "
+                              f"{', '.join(sorted(w[:12] for w in weights))}); rescore them on one model")
     n = sum(p.n for p in parts)
 
     def mean_se(metric: str) -> tuple[float | None, float | None]:
@@ -333,9 +338,8 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
             samples = _shard_samples(loaded, doc_range)
             lm = make_lm(model, tokenizer, batch_size, max_length, backend=backend)
             computed = count_computed(lm)
-            use_cache = None
-            if cache_dir is not None:
-                use_cache = open_cache(cache_dir, cache_identity(model, tokenizer, backend, True, max_length))
+            identity = cache_identity(model, tokenizer, backend, True, max_length)
+            use_cache = None if cache_dir is None else open_cache(cache_dir, identity)
             try:
                 out = simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=0, limit=limit,
                                       samples=samples, task_manager=tm, log_samples=True, use_cache=use_cache)
@@ -349,6 +353,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: str | Iterable[str] | None = None
     scores = {t: _score(t, sources[t], obj.task_name, out) for t, obj in loaded.items()}
     for t, obj in loaded.items():
         scores[t].answer_counts = answer_counts(obj, out["samples"][obj.task_name], PAPER_METRIC[t])
+        scores[t].weights_sha256 = identity["weights_sha256"]
     if samples is not None:
         for t, obj in loaded.items():
             idx = samples[obj.task_name]

@@ -345,6 +345,10 @@ def report() -> None:
             lines.append("")
     lines += ["Models: " + "; ".join(f"**{k}** `{v[0]}`" + (" from `depthprune " + " ".join(v[1][0]) + "`"
                                                              if v[1] else "") for k, v in MODELS.items()),
+              "", "A model missing from `runs/` (which does not survive sittings here) is made again by its command: "
+                  "pruning keeps the same weights, and retraining is bit-reproducible on this CPU "
+                  "(2026-12-04: 2 CPT steps on 1 and on 2 threads, run twice, gave identical weights), and each "
+                  "result records its model's weights fingerprint so that a difference would be flagged above.",
               "", "Reproduce: `nice -n 10 python experiments/zeroshot_tables.py` (bfloat16 on a CPU with native bf16, "
                   "float32 elsewhere; `--dtype` to choose; resumes; `--report-only` rewrites this file)."]
     path = RESULTS / "zeroshot_gemma3_270m.md"

@@ -348,7 +348,9 @@ def report() -> None:
               "", "A model missing from `runs/` (which does not survive sittings here) is made again by its command: "
                   "pruning keeps the same weights, and retraining is bit-reproducible on this CPU "
                   "(2026-12-04: 2 CPT steps on 1 and on 2 threads, run twice, gave identical weights), and each "
-                  "result records its model's weights fingerprint so that a difference would be flagged above.",
+                  "result records its model's weights fingerprint so that a difference would be flagged above (a whole "
+                  "recovery unit rerun in a later sitting matched its PPL to 1e-7 relative, not bit for bit: "
+                  "docs/results/recovery_gemma3_270m.json, 4-block compensate+KD 20k).",
               "", "Reproduce: `nice -n 10 python experiments/zeroshot_tables.py` (bfloat16 on a CPU with native bf16, "
                   "float32 elsewhere; `--dtype` to choose; resumes; `--report-only` rewrites this file)."]
     path = RESULTS / "zeroshot_gemma3_270m.md"

@@ -350,7 +350,11 @@ def report() -> None:
                   "(2026-12-04: 2 CPT steps on 1 and on 2 threads, run twice, gave identical weights), and each "
                   "result records its model's weights fingerprint so that a difference would be flagged above (a whole "
                   "recovery unit rerun in a later sitting matched its PPL to 1e-7 relative, not bit for bit: "
-                  "docs/results/recovery_gemma3_270m.json, 4-block compensate+KD 20k).",
+                  "docs/results/recovery_gemma3_270m.json, 4-block compensate+KD 20k). ppl-4+cpt20k, whose six "
+                  "small tasks predate fingerprints, was remade on 2026-12-07 on another machine (Intel Xeon with "
+                  "AMX) for its HellaSwag shards; its WikiText-2 / PTB PPL on the first 200 windows of 128 tokens, "
+                  "113.42 / 626.76, equals that of the same recipe's model of an earlier sitting "
+                  "(docs/results/quantization_gemma3_270m.md) to two decimals.",
               "", "Reproduce: `nice -n 10 python experiments/zeroshot_tables.py` (bfloat16 on a CPU with native bf16, "
                   "float32 elsewhere; `--dtype` to choose; resumes; `--report-only` rewrites this file)."]
     path = RESULTS / "zeroshot_gemma3_270m.md"

@@ -196,6 +196,28 @@ def criteria_reading(rows: list[dict]) -> str:
             "them more: " + "; ".join(ppl_lines) + ".")
 
 
+def width_depth_reading(rows: list[dict]) -> str:
+    """Why Table 2's verdicts come out as they do, from its figures (written once every row is in)."""
+    parts = []
+    for t in dict.fromkeys(r["target"] for r in rows):
+        at = sorted((r for r in rows if r["target"] == t), key=lambda r: -r["zeroshot_avg"])
+        parts.append(f"{t}: " + ", ".join(f"{r['variant']} {r['zeroshot_avg']:.1f} (PPL {r['wikitext2']:.0f})"
+                                          for r in at))
+    last = [r for r in rows if r["target"] == list(dict.fromkeys(x["target"] for x in rows))[-1]]
+    best = max(last, key=lambda r: r["zeroshot_avg"])
+    worst_ppl = best["wikitext2"] == max(r["wikitext2"] for r in last)
+    return ("Why: zero-shot average (WikiText-2 PPL) per row, best first: " + "; ".join(parts) + ". At the larger "
+            f"ratio every row averages at most {best['zeroshot_avg']:.1f}, a few points above the 35.7 of a uniform "
+            "guess, so its verdict rests on near-chance models" +
+            (" (the best average belongs to the row with the worst perplexity)" if worst_ppl else "") +
+            "; at the smaller ratio the width "
+            "models, which thin every block instead of removing whole ones, keep both lower PPL and a higher "
+            "average after the same 10k LoRA tokens.")
+
+
+READINGS = {"5": criteria_reading, "2": width_depth_reading}
+
+
 def markdown(data: dict) -> str:
     lines = ["# The paper's Tables 5, 3 and 2 with the 7-task zero-shot average (Gemma 3 270M)", "",
              "`python experiments/paper_tables.py` runs the three configs unit by unit (`depthprune run <config> "
@@ -222,8 +244,8 @@ def markdown(data: dict) -> str:
             lines += ["", f"Wall time of the {len(timed)} timed rows: {sum(timed) / 60:.0f} min (one thread beside "
                           "another one-thread job on the shared 2-core CPU)."]
         lines += ["", *verdicts(table, d["rows"]), ""]
-        if table == "5" and d["rows"] and all("zeroshot_avg" in r for r in d["rows"]):
-            lines += [criteria_reading(d["rows"]), ""]
+        if d["rows"] and all("zeroshot_avg" in r for r in d["rows"]) and table in READINGS:
+            lines += [READINGS[table](d["rows"]), ""]
     return "\n".join(lines)
 
 

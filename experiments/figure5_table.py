@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from _common import RESULTS, run_table_cli
+from paper_tables import stage_walls
 from recovery_table import zeroshot_summary
 
 from depthprune.core.figures import plt, save_figure
@@ -30,6 +31,21 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"pruned-init": "pruned initialisation", "random-init": "random initialisation"}
 NAME = "figure5_init"
 ZEROSHOT = RESULTS / "figure5_zeroshot"
+UNIFORM_GUESS = 35.7  # the 7-task average of picking an option uniformly at random (paper_zeroshot_gemma3_270m.md)
+
+
+def untrained_zeroshot() -> dict | None:
+    """Table 3's none/k6 row (the same PPL-criterion 6-block selection, no retraining), when it is committed."""
+    f = RESULTS / "paper_zeroshot_gemma3_270m.json"
+    rows = json.loads(f.read_text())["3"]["rows"] if f.is_file() else []
+    return next((r for r in rows if (r["variant"], r["target"]) == ("none", "k6") and "zeroshot_avg" in r), None)
+
+
+def constant_tasks(variant: str) -> list[str]:
+    """Tasks on which the variant's last model picked the same option for every document."""
+    f = ZEROSHOT / f"{variant}.json"
+    tasks = json.loads(f.read_text())["tasks"] if f.is_file() else {}
+    return [t for t, v in tasks.items() if v.get("answer_counts") and sum(c > 0 for c in v["answer_counts"]) == 1]
 
 
 def collect(run: Path) -> dict:
@@ -52,7 +68,10 @@ def collect(run: Path) -> dict:
                          "wall_s": json.loads(info.read_text())["result"]["wall_s"] if info.is_file() else 0.0})
     base = run / "base" / "eval.json"
     dense = json.loads(base.read_text())["results"][0] if base.is_file() else {}
-    return {"dense": {d: v["ppl"] for d, v in dense.get("ppl", {}).items()}, "rows": rows}
+    walls = stage_walls(run)
+    totals = {v: sum(w for k, w in walls.items() if k.startswith(f"{v}/")) for v in VARIANTS}
+    return {"dense": {d: v["ppl"] for d, v in dense.get("ppl", {}).items()}, "rows": rows,
+            "variant_wall_s": {v: w for v, w in totals.items() if w}}
 
 
 def merge(data: dict, committed: Path) -> dict:
@@ -62,7 +81,10 @@ def merge(data: dict, committed: Path) -> dict:
     old = json.loads(committed.read_text())
     have = {r["variant"] for r in data["rows"] if "wikitext2" in r}
     rows = [r for r in data["rows"] if r["variant"] in have] + [r for r in old["rows"] if r["variant"] not in have]
-    return {"dense": old.get("dense", {}) | data["dense"], "rows": rows}
+    rows.sort(key=lambda r: list(VARIANTS).index(r["variant"]))  # stable: each variant's rows keep their order
+    walls = {v: w for v, w in old.get("variant_wall_s", {}).items() if v not in have}
+    walls |= {v: w for v, w in data.get("variant_wall_s", {}).items() if v in have}
+    return {"dense": old.get("dense", {}) | data["dense"], "rows": rows, "variant_wall_s": walls}
 
 
 def with_zeroshot(data: dict) -> dict:
@@ -100,16 +122,29 @@ def verdicts(data: dict) -> list[str]:
     zs = {v: next((r for r in by[v].values() if "zeroshot_avg" in r), None) for v in VARIANTS}
     if all(zs.values()):
         p, r = zs["pruned-init"], zs["random-init"]
+        before = untrained_zeroshot()
+        constant = {v: constant_tasks(v) for v in VARIANTS}
         out.append(f"- **Accuracy** (7-task average, first {p['zeroshot_docs']} documents per task, last chunk): "
                    f"pruned {p['zeroshot_avg']:.2f} ± {p['zeroshot_se']:.2f}, random {r['zeroshot_avg']:.2f} ± "
-                   f"{r['zeroshot_se']:.2f}.")
+                   f"{r['zeroshot_se']:.2f} (a uniform guess: {UNIFORM_GUESS})"
+                   + (f"; the same 6-block model before CPT: {before['zeroshot_avg']:.2f} ± {before['zeroshot_se']:.2f}"
+                      " (Table 3's none/k6 row, same criterion and calibration)" if before else "")
+                   + "".join(f"; {VARIANTS[v]} gives one answer to every document of {', '.join(c)}"
+                             for v, c in constant.items() if c) + ".")
     first, end = min(rand), max(rand)
+    trained = {t: r for t, r in pruned.items() if t}
+    best = min(trained, key=lambda t: trained[t]["wikitext2"]) if trained else None
+    drift = (f" The pruned model's WikiText-2 PPL was lowest after {best:,} tokens ({trained[best]['wikitext2']:.2f}) "
+             f"and ended at {trained[max(trained)]['wikitext2']:.2f} while its PTB PPL went "
+             f"{trained[min(trained)]['ptb']:.2f} → {trained[max(trained)]['ptb']:.2f}: at a constant learning rate "
+             "with 4 sequences per step the chunks after the first mostly trade one domain for another (C4 is "
+             "neither WikiText nor PTB) rather than converge." if best is not None and best != max(trained) else "")
     out += ["", "Why: the pruned model keeps 12 pretrained blocks and the pretrained 262k-token embedding (most of "
             "its parameters), so CPT only has to repair the junctions where blocks were removed; random weights "
             "have to learn language from the CPT tokens alone. Random initialisation moved WikiText-2 from "
             f"{rand[first]['wikitext2']:,.0f} to {rand[end]['wikitext2']:,.0f} over {end - first:,} tokens; "
             "the paper trains both for billions of tokens, and a budget this small cannot show whether the gap "
-            "closes with far more data."]
+            "closes with far more data." + drift]
     return out
 
 
@@ -145,6 +180,12 @@ def markdown(data: dict, run: Path) -> str:
         zs = f"{r['zeroshot_avg']:.2f} ± {r['zeroshot_se']:.2f}" if "zeroshot_avg" in r else "–"
         lines.append(f"| {VARIANTS[r['variant']]} | {r['tokens']:,} | {r['wikitext2']:.2f} | {r['ptb']:.2f} | {zs} | "
                      f"{r['wall_s'] / 60:.1f} |")
+    walls = data.get("variant_wall_s", {})
+    if walls:
+        lines += ["", "Wall time per variant (scoring, pruning, the 4 CPT chunks and the evaluation of every model, "
+                      "one thread on the shared 2-core CPU): " +
+                  ", ".join(f"{VARIANTS[v]} {w / 60:.0f} min" for v, w in walls.items()) + "; the zero-shot "
+                  "scoring of each last model is in its JSON (`wall_s`) under `figure5_zeroshot/`."]
     lines += ["", f"![PPL vs training tokens]({NAME}.png)", "",
               "Verdict (the paper: CPT of the pruned network converges faster and to a better model than the same "
               "architecture trained from random weights):", "", *verdicts(data), "",

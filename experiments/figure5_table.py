@@ -177,7 +177,8 @@ def markdown(data: dict, run: Path) -> str:
         if "wikitext2" not in r:
             lines.append(f"| {VARIANTS[r['variant']]} | – | – | – | – | – |")
             continue
-        zs = f"{r['zeroshot_avg']:.2f} ± {r['zeroshot_se']:.2f}" if "zeroshot_avg" in r else "–"
+        zs = (f"{r['zeroshot_avg']:.2f} ± {r['zeroshot_se']:.2f} ({r.get('zeroshot_dtype') or '?'})"
+              if "zeroshot_avg" in r else "–")
         lines.append(f"| {VARIANTS[r['variant']]} | {r['tokens']:,} | {r['wikitext2']:.2f} | {r['ptb']:.2f} | {zs} | "
                      f"{r['wall_s'] / 60:.1f} |")
     walls = data.get("variant_wall_s", {})

@@ -99,3 +99,17 @@ def test_model_bytes_estimate_matches_the_real_model():
     for mt in ("llama", "gemma3_text"):
         n = count_params(tiny_model(mt))
         assert estimate_model_bytes(tiny_config(mt), torch.bfloat16) == 2 * n
+
+
+def test_auto_dtype_on_cpu_is_what_the_help_says(monkeypatch):
+    """--dtype auto on a CPU: float32 even where bf16 is native (bf16 changed which blocks ppl scoring removes,
+    docs/results/dtype_gemma3_270m.md), and the option's help text says so."""
+    import torch
+
+    from depthprune.models import placement
+    from depthprune.models.options import DTYPE_HELP
+
+    monkeypatch.setattr(placement, "cpu_has_native_bf16", lambda: True)
+    assert placement.resolve_dtype("auto", "cpu") is torch.float32
+    assert "on CPUs float32" in DTYPE_HELP
+    assert placement.resolve_dtype("bfloat16", "cpu") is torch.bfloat16

@@ -7,12 +7,14 @@ from typing import Literal
 from pydantic import Field
 
 from depthprune.core.options import Options
-from depthprune.models.placement import DEVICE_HELP
+from depthprune.models.placement import AUTO_BF16_ON_CPU, DEVICE_HELP
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda", "multi"]
-DTYPE_HELP = ("weights dtype (auto: the checkpoint's dtype on GPUs; on CPUs bfloat16 where the CPU has native "
-              "bf16 instructions, else float32)")
+DTYPE_HELP = ("weights dtype (auto: the checkpoint's dtype on GPUs; on CPUs "
+              + ("bfloat16 where the CPU has native bf16 instructions, else float32)" if AUTO_BF16_ON_CPU else
+                 "float32; pass bfloat16 on a CPU with AVX-512 BF16 / AMX for faster evaluation, but keep scoring "
+                 "in float32)"))
 
 
 class ModelOptions(Options):

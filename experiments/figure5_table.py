@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from _common import RESULTS, run_table_cli
-from paper_tables import stage_walls
+from paper_tables import constant_answer_tasks, stage_walls
 from recovery_table import zeroshot_summary
 
 from depthprune.core.figures import plt, save_figure
@@ -44,8 +44,7 @@ def untrained_zeroshot() -> dict | None:
 def constant_tasks(variant: str) -> list[str]:
     """Tasks on which the variant's last model picked the same option for every document."""
     f = ZEROSHOT / f"{variant}.json"
-    tasks = json.loads(f.read_text())["tasks"] if f.is_file() else {}
-    return [t for t, v in tasks.items() if v.get("answer_counts") and sum(c > 0 for c in v["answer_counts"]) == 1]
+    return constant_answer_tasks(json.loads(f.read_text())["tasks"] if f.is_file() else {})
 
 
 def collect(run: Path) -> dict:
@@ -185,7 +184,7 @@ def markdown(data: dict, run: Path) -> str:
     if walls:
         lines += ["", "Wall time per variant (scoring, pruning, the 4 CPT chunks and the evaluation of every model, "
                       "one thread on the shared 2-core CPU): " +
-                  ", ".join(f"{VARIANTS[v]} {w / 60:.0f} min" for v, w in walls.items()) + "; the zero-shot "
+                  ", ".join(f"{name} {walls[v] / 60:.0f} min" for v, name in VARIANTS.items() if v in walls) + "; the zero-shot "
                   "scoring of each last model is in its JSON (`wall_s`) under `figure5_zeroshot/`."]
     lines += ["", f"![PPL vs training tokens]({NAME}.png)", "",
               "Verdict (the paper: CPT of the pruned network converges faster and to a better model than the same "

@@ -56,10 +56,14 @@ def run_dir(table: str) -> Path:
     return ROOT / "runs" / load_config(ROOT / TABLES[table][0])[0].name
 
 
+def constant_answer_tasks(tasks: dict) -> list[str]:
+    """Tasks (of a zero-shot result's ``tasks``) on which the model picked the same option for every document."""
+    return [t for t, v in tasks.items() if v.get("answer_counts") and sum(c > 0 for c in v["answer_counts"]) == 1]
+
+
 def row_of(ev_path: Path) -> dict:
     res = json.loads(ev_path.read_text())["results"][-1]
-    tasks = (res.get("zeroshot") or {}).get("tasks", {})
-    constant = [t for t, v in tasks.items() if v.get("answer_counts") and sum(c > 0 for c in v["answer_counts"]) == 1]
+    constant = constant_answer_tasks((res.get("zeroshot") or {}).get("tasks", {}))
     return {"wikitext2": res["ppl"]["wikitext2"]["ppl"], "ptb": res["ppl"]["ptb"]["ppl"], "params": res["params"],
             "windows": res["ppl"]["wikitext2"].get("windows"), "constant_answer_tasks": constant} | \
         zeroshot_summary(res.get("zeroshot"))

@@ -184,8 +184,8 @@ def markdown(data: dict, run: Path) -> str:
     if walls:
         lines += ["", "Wall time per variant (scoring, pruning, the 4 CPT chunks and the evaluation of every model, "
                       "one thread on the shared 2-core CPU): " +
-                  ", ".join(f"{name} {walls[v] / 60:.0f} min" for v, name in VARIANTS.items() if v in walls) + "; the zero-shot "
-                  "scoring of each last model is in its JSON (`wall_s`) under `figure5_zeroshot/`."]
+                  ", ".join(f"{name} {walls[v] / 60:.0f} min" for v, name in VARIANTS.items() if v in walls) +
+                  "; the zero-shot scoring of each last model is in its JSON (`wall_s`) under `figure5_zeroshot/`."]
     lines += ["", f"![PPL vs training tokens]({NAME}.png)", "",
               "Verdict (the paper: CPT of the pruned network converges faster and to a better model than the same "
               "architecture trained from random weights):", "", *verdicts(data), "",
